@@ -1,0 +1,1 @@
+"""Analysis of a run directory: Parquet tables in, DataFrames and figures out."""

@@ -1,0 +1,1 @@
+"""Search service: experiment schema, Optuna space, Ray Tune trainable and tuner, export, CLI."""

@@ -1,0 +1,256 @@
+"""The `hpsearch` command line: one verb per job, heavy imports deferred to the verb.
+
+Exit codes: 0 success, 1 a run failed, 2 bad input (a message says what to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """An error the user caused; the message says what to change."""
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from models import format_models_table
+
+    print(format_models_table(image_size=args.image_size, num_classes=args.classes))
+    return 0
+
+
+def _parse_merge(items: Sequence[str]) -> dict[str, list[str]]:
+    merge: dict[str, list[str]] = {}
+    for item in items:
+        new, sep, old = item.partition("=")
+        olds = [o.strip() for o in old.split(",") if o.strip()]
+        if not sep or not new.strip() or not olds:
+            raise UsageError(f"--merge {item!r}: expected NEW=OLD1,OLD2 (e.g. People=Celebrities)")
+        merge.setdefault(new.strip(), []).extend(olds)
+    return merge
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from data_pipeline import DatasetError, format_summary, prepare
+
+    try:
+        _, summary = prepare(
+            args.src,
+            image_size=args.image_size,
+            cache_root=args.cache,
+            test_fraction=args.test_fraction,
+            folds=args.folds,
+            merge=_parse_merge(args.merge),
+            workers=args.workers,
+            seed=args.seed,
+        )
+    except DatasetError as e:
+        raise UsageError(str(e)) from e
+    print(format_summary(summary))
+    return 0
+
+
+def _load(path: str, overrides: Sequence[str], data: str | None = None, storage: str | None = None):
+    from search.schema import ExperimentError, load_experiment
+
+    extra = list(overrides)
+    if data:
+        extra.append(f"data.folder={data}")
+    if storage:
+        extra.append(f"storage={storage}")
+    try:
+        return load_experiment(path, extra)
+    except ExperimentError as e:
+        raise UsageError(str(e)) from e
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from search.schema import ExperimentError
+    from search.space import check_space
+
+    exp = _load(args.file, args.set)
+    try:
+        skipped = check_space(exp.search.space, image_size=exp.data.image_size, num_classes=2)
+    except ExperimentError as e:
+        raise UsageError(f"{args.file}: {e}") from e
+    s = exp.search
+    print(
+        f"{args.file}: ok. {exp.name}: {s.algorithm} over {s.num_trials} trials, metric {s.metric} ({s.mode}),"
+    )
+    print(
+        f"  scheduler {exp.scheduler.type}, {exp.train.epochs} epochs, image size {exp.data.image_size} px"
+    )
+    if skipped:
+        print(f"  {len(skipped)} architecture combination(s) are infeasible and will end at once:")
+        for reason in skipped:
+            print(f"    {reason}")
+    return 0
+
+
+def _finish(run_dir, tables, interrupted: bool, exp) -> int:
+    from search.tuner import format_best
+
+    print()
+    print(format_best(tables, exp))
+    print(f"\nresults: {run_dir}  (trials/epochs/steps/confusion .parquet, optuna.db)")
+    if interrupted:
+        print(f"the search did not finish; continue it with: hpsearch resume {run_dir}")
+        return 130
+    return 0
+
+
+def _run_search(exp, args: argparse.Namespace) -> int:
+    from search.schema import ExperimentError
+    from search.tuner import run
+
+    try:
+        run_dir, tables, interrupted = run(exp, name=args.name, address=args.address)
+    except ExperimentError as e:
+        raise UsageError(str(e)) from e
+    return _finish(run_dir, tables, interrupted, exp)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return _run_search(_load(args.file, args.set, args.data, args.storage), args)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from search.schema import ExperimentError
+    from search.tuner import resume
+
+    try:
+        run_dir, tables, interrupted = resume(args.run_dir, address=args.address)
+    except ExperimentError as e:
+        raise UsageError(str(e)) from e
+    exp = _load(str(run_dir / "experiment.yaml"), [])
+    return _finish(run_dir, tables, interrupted, exp)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from search.demo import DEMO_EXPERIMENT, write_digits
+
+    folder = write_digits(args.out)
+    print(f"demo data: scikit-learn digits written as an image folder in {folder}")
+    exp = _load(str(args.experiment or DEMO_EXPERIMENT), args.set, str(folder), args.storage)
+    return _run_search(exp, args)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="where run directories go (default: the file's storage, runs/)",
+    )
+    p.add_argument(
+        "--name", default=None, help="run directory name (default: <experiment name>-<date>-<time>)"
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join, e.g. auto (default: start Ray locally)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a field of the file; repeatable",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hpsearch",
+        description="Hyperparameter and architecture search for image-folder classifiers.",
+    )
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    m = sub.add_parser("models", help="table of the model presets: size, cost, feasibility")
+    m.add_argument(
+        "--image-size", type=int, default=None, help="input size in px (default: each preset's own)"
+    )
+    m.add_argument(
+        "--classes", type=int, default=28, help="number of classes (default: 28, the seed's)"
+    )
+    m.set_defaults(func=_cmd_models)
+
+    pr = sub.add_parser(
+        "prepare", help="scan an image folder, split it and decode it once into a cache"
+    )
+    pr.add_argument("src", help="image folder: one sub-folder per class")
+    pr.add_argument("--image-size", type=int, required=True, help="side of the square crop in px")
+    pr.add_argument(
+        "--cache", default=None, help="cache root (default: $HPSEARCH_CACHE or ~/.cache/hpsearch)"
+    )
+    pr.add_argument(
+        "--test-fraction", type=float, default=0.1, help="held-out fraction (default 0.1)"
+    )
+    pr.add_argument("--folds", type=int, default=0, help="also assign K stratified folds (0: none)")
+    pr.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        metavar="NEW=OLD1,OLD2",
+        help="merge classes; repeatable",
+    )
+    pr.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: all cores)"
+    )
+    pr.add_argument("--seed", type=int, default=0, help="seed of the split and the folds")
+    pr.set_defaults(func=_cmd_prepare)
+
+    v = sub.add_parser("validate", help="check an experiment file; exit 2 naming each bad field")
+    v.add_argument("file")
+    v.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a field; repeatable",
+    )
+    v.set_defaults(func=_cmd_validate)
+
+    r = sub.add_parser("run", help="run the search an experiment file describes")
+    r.add_argument("file", help="experiment YAML, e.g. experiments/demo.yaml")
+    r.add_argument("--data", default=None, help="image folder (overrides data.folder)")
+    _add_run_options(r)
+    r.set_defaults(func=_cmd_run)
+
+    rs = sub.add_parser("resume", help="continue an interrupted or crashed run")
+    rs.add_argument("run_dir")
+    rs.add_argument(
+        "--address", default=None, help="Ray cluster to join (default: start Ray locally)"
+    )
+    rs.set_defaults(func=_cmd_resume)
+
+    d = sub.add_parser(
+        "demo", help="write scikit-learn's digits as an image folder and search on it"
+    )
+    d.add_argument("--out", default="demo_data/digits", help="where the digits folder goes")
+    d.add_argument(
+        "--experiment", default=None, help="experiment file (default: experiments/demo.yaml)"
+    )
+    _add_run_options(d)
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"hpsearch {args.verb}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"hpsearch {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

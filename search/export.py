@@ -1,0 +1,234 @@
+"""Turn a run directory (Ray Tune's experiment folder) into the tidy Parquet tables that
+analysis reads: trials, epochs, steps, confusion. Reads only files, so it works the same at the
+end of a run, after Ctrl-C, and after a crash (then on `resume`). Every file is written to a
+temporary name and renamed, so a reader never sees half a table.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TRIAL_PREFIX = "trial_"
+METRIC_COLUMNS = (
+    "train_loss",
+    "train_accuracy",
+    "train_macro_precision",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_precision",
+)
+_RESERVED = {"step_loss", "confusion", "config", "reason", "status"}
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _tune_statuses(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """trial_id -> {'status', 'config'} from Ray Tune's newest experiment state file."""
+    files = sorted(glob.glob(str(run_dir / "experiment_state-*.json")), key=os.path.getmtime)
+    if not files:
+        return {}
+    try:
+        state = json.loads(Path(files[-1]).read_text())
+        out = {}
+        for trial_json, _meta in state["trial_data"]:
+            t = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+            out[t["trial_id"]] = {"status": t.get("status"), "config": t.get("config") or {}}
+        return out
+    except (ValueError, KeyError, TypeError):
+        return {}  # an unknown state format: statuses then come from the results alone
+
+
+def _read_results(trial_dir: Path) -> list[dict[str, Any]]:
+    path = trial_dir / "result.json"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break  # a line cut by a crash: keep what came before
+    return rows
+
+
+def _error_text(trial_dir: Path) -> str:
+    path = trial_dir / "error.txt"
+    if not path.exists():
+        return ""
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "error"
+
+
+def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str, pd.DataFrame]:
+    """Build the four tables from a run directory. `epochs` is the experiment's budget per
+    trial (to tell completed from early-stopped trials), `classes` the label names."""
+    run_dir = Path(run_dir)
+    tune_state = _tune_statuses(run_dir)
+    trial_rows, epoch_rows, step_rows, confusion_rows = [], [], [], []
+    dirs = {p.name[len(TRIAL_PREFIX) :]: p for p in run_dir.glob(f"{TRIAL_PREFIX}*") if p.is_dir()}
+    # A trial folder that Tune's newest state does not list was started after the last
+    # snapshot before a crash; `resume` replaced it with a fresh trial, so it is not a result.
+    ids = set(tune_state) if tune_state else set(dirs)
+    for trial_id in sorted(ids):
+        trial_dir = dirs.get(trial_id)
+        results = _read_results(trial_dir) if trial_dir else []
+        config = {}
+        if trial_dir and (trial_dir / "params.json").exists():
+            config = json.loads((trial_dir / "params.json").read_text())
+        config = config or tune_state.get(trial_id, {}).get("config", {})
+        tune_status = tune_state.get(trial_id, {}).get("status")
+        last = results[-1] if results else {}
+        status = last.get("status")
+        error = _error_text(trial_dir) if trial_dir else ""
+        if status in ("infeasible", "diverged"):
+            pass
+        elif tune_status == "ERROR" or (error and tune_status is None):
+            status = "error"
+        elif not results:
+            status = "pending"
+        elif tune_status in ("RUNNING", "PENDING", "PAUSED"):
+            status = "incomplete"
+        else:
+            status = "completed" if last.get("epoch", 0) >= epochs else "stopped"
+
+        step = 0
+        for r in results:
+            if "train_loss" in r:
+                epoch_rows.append(
+                    {
+                        "trial_id": trial_id,
+                        "epoch": r["epoch"],
+                        **{m: r.get(m) for m in METRIC_COLUMNS},
+                        "seconds": r.get("seconds"),
+                        "images_per_s": r.get("images_per_s"),
+                        "time_total_s": r.get("time_total_s"),
+                        "timestamp": r.get("timestamp"),
+                    }
+                )
+            for loss in r.get("step_loss") or []:
+                step += 1
+                step_rows.append(
+                    {"trial_id": trial_id, "step": step, "epoch": r.get("epoch"), "loss": loss}
+                )
+        last_conf = next((r for r in reversed(results) if r.get("confusion")), None)
+        if last_conf:
+            for i, row in enumerate(last_conf["confusion"]):
+                for j, count in enumerate(row):
+                    confusion_rows.append(
+                        {
+                            "trial_id": trial_id,
+                            "epoch": last_conf["epoch"],
+                            "true_label": i,
+                            "pred_label": j,
+                            "true_class": classes[i] if i < len(classes) else str(i),
+                            "pred_class": classes[j] if j < len(classes) else str(j),
+                            "count": int(count),
+                        }
+                    )
+
+        row: dict[str, Any] = {"trial_id": trial_id, "status": status}
+        row.update({k: v for k, v in config.items() if not isinstance(v, dict | list)})
+        first = results[0] if results else {}
+        for key in ("params", "macs", "precision", "device"):
+            row[key] = first.get(key)
+        for key, value in first.items():
+            if key.startswith("model_"):
+                row[key] = value
+        measured = [r for r in results if "train_loss" in r]
+        row["epochs"] = len(measured)
+        for m in METRIC_COLUMNS:
+            values = [r[m] for r in measured if r.get(m) is not None and math.isfinite(r[m])]
+            row[f"final_{m}"] = values[-1] if values else None
+            if values:
+                row[f"best_{m}"] = min(values) if m.endswith("loss") else max(values)
+            else:
+                row[f"best_{m}"] = None
+        row["seconds"] = last.get("time_total_s")
+        row["start_timestamp"] = first.get("timestamp")
+        row["end_timestamp"] = last.get("timestamp")
+        row["error"] = last.get("reason") or error or None
+        trial_rows.append(row)
+
+    def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+        return pd.DataFrame(rows, columns=None if rows else columns)
+
+    return {
+        "trials": frame(trial_rows, ["trial_id", "status", "error"]),
+        "epochs": frame(
+            epoch_rows, ["trial_id", "epoch", *METRIC_COLUMNS, "seconds", "images_per_s"]
+        ),
+        "steps": frame(step_rows, ["trial_id", "step", "epoch", "loss"]),
+        "confusion": frame(
+            confusion_rows,
+            ["trial_id", "epoch", "true_label", "pred_label", "true_class", "pred_class", "count"],
+        ),
+    }
+
+
+def export_run(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str, pd.DataFrame]:
+    """Write trials/epochs/steps/confusion .parquet into the run directory; return the tables."""
+    run_dir = Path(run_dir)
+    tables = collect(run_dir, epochs=epochs, classes=classes)
+    for name, df in tables.items():
+        write_parquet_atomic(df, run_dir / f"{name}.parquet")
+    return tables
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+    import subprocess
+
+    out = {"python": platform.python_version()}
+    for dist in (
+        "hpsearch",
+        "torch",
+        "torchvision",
+        "ray",
+        "optuna",
+        "torchmetrics",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "pydantic",
+        "scikit-learn",
+        "pillow",
+    ):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        if rev.returncode == 0:
+            out["git_revision"] = rev.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out

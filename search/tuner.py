@@ -1,0 +1,322 @@
+"""Run and resume a search: data → Ray's object store → Ray Tune (OptunaSearch behind a
+ConcurrencyLimiter, ASHA) → Parquet tables in the run directory.
+
+The run directory `<storage>/<name>/` is Ray Tune's experiment folder; hpsearch adds
+`experiment.yaml` (resolved), `versions.json`, `optuna.db` (the Optuna study, readable with
+`optuna.load_study` or optuna-dashboard) and the Parquet tables.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from search.export import TRIAL_PREFIX, export_run, library_versions, write_atomic
+from search.schema import Experiment, ExperimentError, load_experiment
+from search.space import build_space, check_space, grid_points
+
+# Only the JSON result logger: the per-step losses and confusion matrices are lists, which the
+# CSV and TensorBoard loggers would only mangle; result.json keeps them intact for export.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# One checkpoint per trial and epoch is the design; Tune's warning about frequent snapshots is noise.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+SHOWN_METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_precision"]
+SHOWN_PARAMS = ["arch", "width", "mlp", "dropout", "batchnorm", "optimizer", "lr", "batch_size"]
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"{TRIAL_PREFIX}{trial.trial_id}"
+
+
+def load_data(exp: Experiment, *, progress: bool = True) -> dict[str, Any]:
+    """Decode (or reuse) the cache and return what every trial needs, as plain numpy."""
+    import numpy as np
+
+    from data_pipeline import DatasetError, prepare
+
+    if not exp.data.folder:
+        raise ExperimentError(
+            "data.folder is not set: name the image folder in the file or pass --data DIR"
+        )
+    if not Path(exp.data.folder).is_dir():
+        raise ExperimentError(
+            f"data.folder: {exp.data.folder!r} is not a folder (one sub-folder per class)"
+        )
+    try:
+        cache, _summary = prepare(
+            exp.data.folder,
+            image_size=exp.data.image_size,
+            cache_root=exp.data.cache,
+            test_fraction=exp.data.test_fraction,
+            folds=exp.data.folds,
+            merge=exp.data.merge or None,
+            workers=exp.data.workers,
+            seed=exp.data.seed,
+            progress=progress,
+        )
+    except DatasetError as e:
+        raise ExperimentError(f"data.folder: {e}") from None
+    return {
+        "images": np.ascontiguousarray(cache.images),
+        "labels": np.asarray(cache.labels, dtype=np.int64),
+        "train_idx": np.asarray(cache.indices("train"), dtype=np.int64),
+        "val_idx": np.asarray(cache.indices("test"), dtype=np.int64),
+        "mean": tuple(float(m) for m in cache.mean),
+        "std": tuple(float(s) for s in cache.std),
+        "classes": list(cache.classes),
+    }
+
+
+def _settings(exp: Experiment) -> dict[str, Any]:
+    return {
+        "epochs": exp.train.epochs,
+        "batch_size": exp.train.batch_size,
+        "eval_batch_size": exp.train.eval_batch_size,
+        "precision": exp.train.precision,
+        "seed": exp.train.seed,
+        "augment": exp.train.augment,
+        "image_size": exp.data.image_size,
+        "metric": exp.search.metric,
+        "mode": exp.search.mode,
+        "cpus": exp.resources.cpus,
+        "gpus": exp.resources.gpus,
+    }
+
+
+def start_ray(address: str | None) -> bool:
+    """Join `address`, or start a local instance on 127.0.0.1 with every local CPU/GPU and no
+    dashboard. Returns True if this call started Ray (so it should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # Trial output is not forwarded: errors land in each trial's error.txt and in
+        # trials.parquet; the progress table is what the console shows.
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _trainable(exp: Experiment, data: dict[str, Any]):
+    from ray import tune
+
+    from search.trainable import train_trial
+
+    resources = {"cpu": exp.resources.cpus, "gpu": exp.resources.gpus}
+    return tune.with_resources(
+        tune.with_parameters(train_trial, data=data, settings=_settings(exp)), resources
+    )
+
+
+def _searcher(exp: Experiment, run_dir: Path):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = exp.search
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if s.algorithm == "tpe":
+            sampler = optuna.samplers.TPESampler(
+                seed=s.seed,
+                n_startup_trials=max(2, min(10, s.num_trials // 3)),
+                multivariate=True,
+                group=True,  # conditional optimizer parameters form their own groups
+                constant_liar=True,  # parallel trials: don't propose the same point twice
+            )
+        elif s.algorithm == "random":
+            sampler = optuna.samplers.RandomSampler(seed=s.seed)
+        else:
+            sampler = optuna.samplers.GridSampler(grid_points(s.space), seed=s.seed)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(run_dir / 'optuna.db').resolve()}")
+    searcher = OptunaSearch(
+        space=build_space(s.space, grid=s.algorithm == "grid"),
+        metric=s.metric,
+        mode=s.mode,
+        sampler=sampler,
+        study_name=exp.name,
+        storage=storage,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=_max_concurrent(exp))
+
+
+def _max_concurrent(exp: Experiment) -> int:
+    if exp.search.max_concurrent:
+        return exp.search.max_concurrent
+    import ray
+
+    total = ray.cluster_resources()
+    fits = [int(total.get("CPU", 1) // exp.resources.cpus)]
+    if exp.resources.gpus:
+        fits.append(int(total.get("GPU", 0) // exp.resources.gpus))
+    return max(1, min(fits))
+
+
+def _in_every_config(exp: Experiment, name: str) -> bool:
+    space = exp.search.space
+    if name in ("arch", "width", "optimizer", "lr"):
+        return True
+    if name == "mlp":
+        return space.mlp_layers is not None
+    return getattr(space, name, None) is not None
+
+
+def _run_config(exp: Experiment, run_dir: Path):
+    from ray import tune
+    from ray.tune import CLIReporter
+    from ray.tune.logger import JsonLoggerCallback
+
+    reporter = CLIReporter(
+        metric_columns=SHOWN_METRICS,
+        parameter_columns=[p for p in SHOWN_PARAMS if _in_every_config(exp, p)],
+        max_report_frequency=15,
+        sort_by_metric=True,
+    )
+    return tune.RunConfig(
+        name=run_dir.name,
+        storage_path=str(run_dir.parent.resolve()),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=exp.failure.max_retries),
+        progress_reporter=reporter,
+        callbacks=[JsonLoggerCallback()],
+        verbose=1,
+    )
+
+
+def _tuner(exp: Experiment, run_dir: Path, data: dict[str, Any]):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if exp.scheduler.type == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=exp.train.epochs,
+            grace_period=exp.scheduler.grace_period,
+            reduction_factor=exp.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        _trainable(exp, data),
+        tune_config=tune.TuneConfig(
+            search_alg=_searcher(exp, run_dir),
+            scheduler=scheduler,
+            metric=exp.search.metric,
+            mode=exp.search.mode,
+            num_samples=exp.search.num_trials,
+            reuse_actors=True,
+            trial_name_creator=trial_dirname,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=_run_config(exp, run_dir),
+    )
+
+
+def default_run_name(exp: Experiment) -> str:
+    return f"{exp.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run(
+    exp: Experiment, *, name: str | None = None, progress: bool = True
+) -> tuple[Path, dict[str, Any]]:
+    """Everything `run` checks and builds before Ray starts. Raises ExperimentError."""
+    run_dir = Path(exp.storage) / (name or default_run_name(exp))
+    if run_dir.exists():
+        raise ExperimentError(
+            f"run directory {run_dir} already exists: continue it with `hpsearch resume {run_dir}` "
+            "or choose another --name"
+        )
+    check_space(exp.search.space, image_size=exp.data.image_size, num_classes=2)
+    data = load_data(exp, progress=progress)
+    run_dir.mkdir(parents=True)
+    write_atomic(run_dir / "experiment.yaml", exp.to_yaml())
+    import json
+
+    write_atomic(run_dir / "versions.json", json.dumps(library_versions(), indent=2))
+    return run_dir, data
+
+
+def _fit_and_export(tuner, exp: Experiment, run_dir: Path, data: dict[str, Any]):
+    interrupted = False
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    tables = export_run(run_dir, epochs=exp.train.epochs, classes=data["classes"])
+    if interrupted or (tables["trials"]["status"].isin(["incomplete", "pending"]).any()):
+        interrupted = True
+    return tables, interrupted
+
+
+def run(
+    exp: Experiment, *, name: str | None = None, address: str | None = None, progress: bool = True
+) -> tuple[Path, dict[str, Any], bool]:
+    """Run a whole search. Returns (run_dir, tables, interrupted)."""
+    run_dir, data = prepare_run(exp, name=name, progress=progress)
+    owns_ray = start_ray(address)
+    try:
+        tables, interrupted = _fit_and_export(_tuner(exp, run_dir, data), exp, run_dir, data)
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+    return run_dir, tables, interrupted
+
+
+def resume(
+    run_dir: str | Path, *, address: str | None = None, progress: bool = True
+) -> tuple[Path, dict[str, Any], bool]:
+    """Continue a stopped or crashed run: finished trials are kept, unfinished ones continue
+    from their last checkpoint, and the search completes its trial budget."""
+    from ray import tune
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "experiment.yaml").exists() or not (run_dir / "tuner.pkl").exists():
+        raise ExperimentError(
+            f"{run_dir} is not a run directory of hpsearch (no experiment.yaml / tuner.pkl)"
+        )
+    exp = load_experiment(run_dir / "experiment.yaml")
+    data = load_data(exp, progress=progress)
+    owns_ray = start_ray(address)
+    try:
+        tuner = tune.Tuner.restore(
+            str(run_dir.resolve()),
+            trainable=_trainable(exp, data),
+            resume_unfinished=True,
+            resume_errored=True,
+        )
+        tables, interrupted = _fit_and_export(tuner, exp, run_dir, data)
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+    return run_dir, tables, interrupted
+
+
+def format_best(tables: dict[str, Any], exp: Experiment, top: int = 5) -> str:
+    trials = tables["trials"]
+    col = f"best_{exp.search.metric}"
+    if trials.empty or col not in trials or trials[col].notna().sum() == 0:
+        return "no trial finished an epoch"
+    shown = [
+        c
+        for c in ["trial_id", "status", "arch", "optimizer", "lr", "epochs", col, "params"]
+        if c in trials
+    ]
+    best = trials.sort_values(col, ascending=exp.search.mode == "min").head(top)[shown]
+    counts = trials["status"].value_counts().to_dict()
+    lines = [
+        f"trials: {len(trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())})",
+        f"best {top} by {col}:",
+    ]
+    lines.append(best.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return "\n".join(lines)

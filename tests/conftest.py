@@ -1,0 +1,61 @@
+"""Fixtures shared by every test package: one Ray instance per session, small image folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Ray Tune: only the JSON logger, legacy console reporter (set before ray.tune is imported).
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def make_image_folder(
+    root: Path, *, classes: int = 3, per_class: int = 20, size: int = 24, seed: int = 0
+) -> Path:
+    """A learnable folder: each class is a colour with a class-specific bar, plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        colour = np.array(
+            [(c * 97) % 256, (c * 53 + 80) % 256, (c * 151 + 40) % 256], dtype=np.float64
+        )
+        for i in range(per_class):
+            img = np.tile(colour, (size, size, 1)) + rng.normal(0, 25, (size, size, 3))
+            bar = (c * size) // classes
+            img[bar : bar + max(2, size // classes), :, :] = 255 - colour
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"img_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("folder") / "images")
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session: 127.0.0.1, no dashboard."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,227 @@
+"""End to end through the CLI on a small generated folder: a real (tiny) search with Ray Tune."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from search.cli import main
+
+pytestmark = pytest.mark.slow
+
+TABLE_COLUMNS = {
+    "trials": {
+        "trial_id",
+        "status",
+        "arch",
+        "optimizer",
+        "lr",
+        "params",
+        "macs",
+        "epochs",
+        "error",
+        "final_val_accuracy",
+        "best_val_accuracy",
+        "best_val_macro_precision",
+        "final_train_loss",
+    },
+    "epochs": {
+        "trial_id",
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "val_macro_precision",
+        "train_macro_precision",
+        "seconds",
+        "images_per_s",
+    },
+    "steps": {"trial_id", "step", "epoch", "loss"},
+    "confusion": {
+        "trial_id",
+        "epoch",
+        "true_class",
+        "pred_class",
+        "true_label",
+        "pred_label",
+        "count",
+    },
+}
+
+
+def experiment(tmp_path: Path, folder: Path, cache: Path, **changes) -> Path:
+    doc = {
+        "name": "tiny",
+        "data": {"folder": str(folder), "image_size": 16, "cache": str(cache)},
+        "search": {
+            "num_trials": 3,
+            "max_concurrent": 2,
+            "space": {
+                "arch": ["FlatAlexNet", "NarrowAlexNet"],
+                "width": 0.25,
+                "mlp_layers": [0, 1],
+                "mlp_width": [32],
+                "optimizer": {"sgd": {"lr": {"low": 0.01, "high": 0.1, "log": True}}, "adam": {}},
+            },
+        },
+        "scheduler": {"type": "none"},
+        "train": {"epochs": 2, "batch_size": 16},
+        "storage": str(tmp_path / "runs"),
+    }
+    for key, value in changes.items():
+        node = doc
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_run_writes_every_table(ray_session, tmp_path, small_folder, cache_root, capsys):
+    path = experiment(tmp_path, small_folder, cache_root)
+    assert main(["run", str(path), "--name", "r1"]) == 0
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "runs" / "r1"
+    assert f"results: {run_dir}" in out and "best 5 by best_val_accuracy" in out
+
+    tables = {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in TABLE_COLUMNS}
+    for name, columns in TABLE_COLUMNS.items():
+        assert columns <= set(tables[name].columns), (name, columns - set(tables[name].columns))
+    trials, epochs, steps, confusion = (
+        tables[n] for n in ("trials", "epochs", "steps", "confusion")
+    )
+    assert len(trials) == 3 and set(trials["status"]) == {"completed"}
+    assert set(trials["arch"]) <= {"FlatAlexNet", "NarrowAlexNet"}
+    assert (trials["epochs"] == 2).all() and (trials["params"] > 0).all()
+    assert len(epochs) == 6 and epochs["val_accuracy"].between(0, 1).all()
+    # per-step losses: ceil(54 train images / 16) = 4 steps per epoch, numbered 1..8 per trial
+    assert steps.groupby("trial_id")["step"].max().eq(8).all()
+    # the confusion matrix of the last evaluation counts every validation image once
+    assert confusion.groupby("trial_id")["count"].sum().eq(6).all()
+    assert set(confusion["true_class"]) == {"class_0", "class_1", "class_2"}
+    assert trials["best_val_accuracy"].max() >= 0.5  # the classes differ by colour: learnable
+
+    resolved = yaml.safe_load((run_dir / "experiment.yaml").read_text())
+    assert resolved["search"]["mode"] == "max" and resolved["train"]["epochs"] == 2
+    versions = json.loads((run_dir / "versions.json").read_text())
+    assert {"torch", "ray", "optuna"} <= set(versions)
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    assert len(study.trials) == 3 and all(t.value is not None for t in study.trials)
+    # no pickles of ours: checkpoints are torch state dicts loadable with weights_only=True
+    import torch
+
+    ckpts = list(run_dir.glob("trial_*/checkpoint_*/state.pt"))
+    assert len(ckpts) == 3
+    state = torch.load(ckpts[0], weights_only=True)
+    assert state["epoch"] == 1 and "model" in state and "optimizer" in state
+
+    # the same name again is refused, pointing at resume
+    assert main(["run", str(path), "--name", "r1"]) == 2
+    assert "hpsearch resume" in capsys.readouterr().err
+
+
+def test_diverging_and_infeasible_trials_end_while_others_finish(
+    ray_session, tmp_path, small_folder, cache_root, capsys
+):
+    path = experiment(
+        tmp_path,
+        small_folder,
+        cache_root,
+        **{
+            "search.algorithm": "grid",
+            "search.space": {
+                "arch": "FlatAlexNet",
+                "width": 0.25,
+                "kernels": [[3, 3, 3], [15, 15, 15]],
+                "optimizer": {"sgd": {"lr": [0.05, 1.0e12], "momentum": 0.9}},
+            },
+            "search.num_trials": 4,
+        },
+    )
+    assert main(["run", str(path), "--name", "r2"]) == 0
+    trials = pd.read_parquet(tmp_path / "runs" / "r2" / "trials.parquet").set_index("trial_id")
+    by_status = trials.groupby("status").size().to_dict()
+    assert by_status == {"completed": 1, "diverged": 1, "infeasible": 2}, trials[
+        ["status", "kernels", "lr", "error"]
+    ]
+    assert (
+        trials.loc[trials.status == "diverged", "error"]
+        .str.contains("non-finite training loss")
+        .all()
+    )
+    assert trials.loc[trials.status == "infeasible", "error"].str.contains("conv").all()
+    assert (trials.loc[trials.status == "infeasible", "epochs"] == 0).all()
+
+
+def _finished_trials(run_dir: Path, epochs: int) -> int:
+    done = 0
+    for result in run_dir.glob("trial_*/result.json"):
+        lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
+        done += bool(lines) and lines[-1].get("epoch") == epochs
+    return done
+
+
+def test_sigkill_then_resume_completes_the_budget(
+    ray_session, tmp_path, small_folder, cache_root, capsys
+):
+    path = experiment(
+        tmp_path,
+        small_folder,
+        cache_root,
+        **{"search.num_trials": 4, "search.max_concurrent": 1, "train.epochs": 3},
+    )
+    run_dir = tmp_path / "runs" / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "run", str(path), "--name", "killed"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while _finished_trials(run_dir, 3) < 1:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+        before = {p.parent.name: p.read_text() for p in run_dir.glob("trial_*/result.json")}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+        proc.wait()
+    assert not (run_dir / "trials.parquet").exists()
+
+    assert main(["resume", str(run_dir)]) == 0
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert len(trials) == 4 and set(trials["status"]) == {"completed"}, trials[
+        ["trial_id", "status"]
+    ]
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    assert epochs.groupby("trial_id")["epoch"].apply(sorted).map(lambda e: e == [1, 2, 3]).all()
+    finished_before = [name for name, text in before.items() if '"epoch": 3' in text]
+    for name in finished_before:  # finished trials are kept as they were
+        assert (run_dir / name / "result.json").read_text().startswith(before[name])
+
+
+def test_resume_rejects_a_folder_that_is_no_run(tmp_path, capsys):
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_run_reports_a_missing_data_folder(tmp_path, cache_root, capsys):
+    path = experiment(tmp_path, tmp_path / "nope", cache_root)
+    assert main(["run", str(path)]) == 2
+    assert "data.folder" in capsys.readouterr().err
