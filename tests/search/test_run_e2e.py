@@ -225,3 +225,28 @@ def test_run_reports_a_missing_data_folder(tmp_path, cache_root, capsys):
     path = experiment(tmp_path, tmp_path / "nope", cache_root)
     assert main(["run", str(path)]) == 2
     assert "data.folder" in capsys.readouterr().err
+
+
+def test_same_config_and_seed_reproduce_the_same_trial(
+    ray_session, tmp_path, small_folder, cache_root, capsys
+):
+    path = experiment(
+        tmp_path,
+        small_folder,
+        cache_root,
+        **{
+            "search.algorithm": "random",
+            "search.num_trials": 2,
+            "search.space": {
+                "arch": "FlatAlexNet",
+                "width": 0.25,
+                "dropout": 0.3,
+                "optimizer": "adam",
+            },
+        },
+    )
+    assert main(["run", str(path), "--name", "twice"]) == 0
+    epochs = pd.read_parquet(tmp_path / "runs" / "twice" / "epochs.parquet")
+    a, b = (g.reset_index(drop=True) for _, g in epochs.groupby("trial_id"))
+    metrics = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+    pd.testing.assert_frame_equal(a[metrics], b[metrics])
