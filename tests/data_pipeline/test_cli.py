@@ -1,0 +1,87 @@
+"""`hpsearch prepare` on top of `prepare` and `format_summary`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from search.cli import main
+
+
+@pytest.fixture
+def src(tmp_path: Path, make_folder) -> Path:
+    root = make_folder(tmp_path / "photos", {"People": 6, "Celebrities": 4, "Food": 6})
+    (root / "Food" / "broken.jpg").write_text("not an image")
+    return root
+
+
+def _prepare(src: Path, cache: Path, *args: str) -> int:
+    return main(
+        ["prepare", str(src), "--image-size", "16", "--cache", str(cache), "--workers", "1", *args]
+    )
+
+
+def test_prepare_prints_the_summary(
+    src: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert (
+        _prepare(
+            src,
+            tmp_path / "cache",
+            "--test-fraction",
+            "0.25",
+            "--folds",
+            "3",
+            "--merge",
+            "People=Celebrities",
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "16 usable of 17 files" in out and "2 classes" in out and "3 stratified folds" in out
+    assert "Celebrities -> People" in out and re.search(r"People\s+10\n", out)
+    assert "not an image PIL can identify  (e.g. Food/broken.jpg)" in out
+    assert str(tmp_path / "cache") in out and "built: decoded 17 images" in out
+
+    assert (
+        _prepare(
+            src,
+            tmp_path / "cache",
+            "--test-fraction",
+            "0.25",
+            "--folds",
+            "3",
+            "--merge",
+            "People=Celebrities",
+        )
+        == 0
+    )
+    assert "reused: nothing decoded" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--merge", "People=Celebs"],
+            "'Celebs'] that do not exist; the classes found are: Celebrities, Food, People",
+        ),
+        (["--test-fraction", "1.5"], "between 0 and 1"),
+        (["--folds", "1"], "K >= 2"),
+        (["--folds", "5"], "into 5 folds: 'Celebrities' (4)"),
+    ],
+)
+def test_bad_input_exits_2_saying_what_to_change(
+    src: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args, message
+) -> None:
+    assert _prepare(src, tmp_path / "cache", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hpsearch prepare: error:") and message in err
+    assert not (tmp_path / "cache").exists()  # rejected before anything was decoded
+
+
+def test_missing_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _prepare(tmp_path / "nope", tmp_path / "cache") == 2
+    assert "does not exist" in capsys.readouterr().err
