@@ -103,7 +103,7 @@ def _finish(run_dir, tables, interrupted: bool, exp) -> int:
     return 0
 
 
-def _run_search(exp, args: argparse.Namespace) -> int:
+def _run_search(exp, args: argparse.Namespace, *, report: bool = False) -> int:
     from search.schema import ExperimentError
     from search.tuner import run
 
@@ -111,7 +111,13 @@ def _run_search(exp, args: argparse.Namespace) -> int:
         run_dir, tables, interrupted = run(exp, name=args.name, address=args.address)
     except ExperimentError as e:
         raise UsageError(str(e)) from e
-    return _finish(run_dir, tables, interrupted, exp)
+    code = _finish(run_dir, tables, interrupted, exp)
+    if report and not interrupted:
+        from analysis import format_report_result, write_report
+
+        print()
+        print(format_report_result(write_report(run_dir)))
+    return code
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -136,7 +142,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     folder = write_digits(args.out)
     print(f"demo data: scikit-learn digits written as an image folder in {folder}")
     exp = _load(str(args.experiment or DEMO_EXPERIMENT), args.set, str(folder), args.storage)
-    return _run_search(exp, args)
+    return _run_search(exp, args, report=True)
+
+
+def _cmd_kfold(args: argparse.Namespace) -> int:
+    from analysis.kfold import kfold_summary
+    from search.kfold import run_kfold
+    from search.schema import ExperimentError
+
+    try:
+        folds, interrupted = run_kfold(
+            args.run_dir,
+            top=args.top,
+            k=args.k,
+            epochs=args.epochs,
+            trial_ids=args.trials or None,
+            address=args.address,
+        )
+    except ExperimentError as e:
+        raise UsageError(str(e)) from e
+    print(f"\nfolds: {len(folds)} rows in {args.run_dir}/folds.parquet")
+    if len(folds):
+        summary = kfold_summary(folds)
+        shown = [
+            "config_id",
+            "split",
+            "metric",
+            "folds",
+            "mean",
+            "std",
+            "median",
+            "iqr",
+            "whisker_low",
+            "whisker_high",
+        ]
+        print(summary[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if interrupted:
+        print("the k-fold run did not finish; run the same command again to continue it")
+        return 130
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from analysis import format_report_result, write_report
+
+    try:
+        result = write_report(args.run_dir, out=args.out)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+    print(format_report_result(result))
+    return 1 if result.failed else 0
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -226,6 +281,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default=None, help="Ray cluster to join (default: start Ray locally)"
     )
     rs.set_defaults(func=_cmd_resume)
+
+    kf = sub.add_parser(
+        "kfold", help="k-fold error estimates of a run's best configs (folds.parquet)"
+    )
+    kf.add_argument("run_dir")
+    kf.add_argument("--top", type=int, default=3, help="how many of the best configs (default 3)")
+    kf.add_argument("--k", type=int, default=10, help="number of stratified folds (default 10)")
+    kf.add_argument(
+        "--epochs", type=int, default=None, help="epochs per fold (default: the run's train.epochs)"
+    )
+    kf.add_argument(
+        "--trials",
+        nargs="+",
+        default=None,
+        metavar="ID",
+        help="re-train these trial ids instead of the top N",
+    )
+    kf.add_argument(
+        "--address", default=None, help="Ray cluster to join (default: start Ray locally)"
+    )
+    kf.set_defaults(func=_cmd_kfold)
+
+    rp = sub.add_parser(
+        "report", help="write RUN_DIR/report/: every plot the run supports, index.html"
+    )
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report)")
+    rp.set_defaults(func=_cmd_report)
 
     d = sub.add_parser(
         "demo", help="write scikit-learn's digits as an image folder and search on it"

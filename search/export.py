@@ -58,17 +58,25 @@ def _tune_statuses(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _read_results(trial_dir: Path) -> list[dict[str, Any]]:
+    """The trial's reports in order. A trial that was restored from an older checkpoint, or
+    restarted from scratch, reports some epochs again: the later report of an epoch replaces
+    the earlier one and everything after it."""
     path = trial_dir / "result.json"
     if not path.exists():
         return []
-    rows = []
+    rows: list[dict[str, Any]] = []
     for line in path.read_text().splitlines():
         line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                break  # a line cut by a crash: keep what came before
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break  # a line cut by a crash: keep what came before
+        epoch = row.get("epoch")
+        if epoch is not None:
+            rows = [r for r in rows if r.get("epoch") is None or r["epoch"] < epoch]
+        rows.append(row)
     return rows
 
 

@@ -118,6 +118,30 @@ def dim_values(value: Any, kind: str) -> list[Any] | None:
     return list(value) if isinstance(value, list) else [value]
 
 
+ARCHITECTURE_DIMS = {
+    "arch": "str",
+    "width": "float",
+    "strides": "layers",
+    "kernels": "layers",
+    "mlp_layers": "int",
+    "mlp_width": "int",
+    "batchnorm": "bool",
+}
+
+
+def varying_architecture_dims(space: Any) -> list[str]:
+    """The dimensions that change the weights' shapes and are not fixed to one value."""
+    out = []
+    for name, kind in ARCHITECTURE_DIMS.items():
+        value = getattr(space, name)
+        if value is None or (name == "mlp_width" and space.mlp_layers in (None, 0, [0])):
+            continue
+        values = dim_values(value, kind)
+        if values is None or len(values) > 1:
+            out.append(name)
+    return out
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -277,6 +301,23 @@ class SchedulerSection(_Strict):
     reduction_factor: float = Field(3.0, gt=1)
 
 
+class SameInit(_Strict):
+    """The seed's optimizer protocol: train the fixed architecture this long with SGD once,
+    then start every trial from those weights."""
+
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class KFoldSection(_Strict):
+    """After the search, re-train the top configs on k stratified folds (no early stopping)."""
+
+    top: int = Field(3, ge=1)
+    k: int = Field(10, ge=2)
+    epochs: int | None = Field(None, ge=1)  # default: train.epochs
+
+
 class TrainSection(_Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -284,6 +325,7 @@ class TrainSection(_Strict):
     seed: int = 0
     augment: bool = False  # on-device random crop + flip
     eval_batch_size: int = Field(512, ge=1)
+    same_init: SameInit | None = None  # every trial starts from one SGD warm-up's weights
 
 
 class ResourcesSection(_Strict):
@@ -303,6 +345,7 @@ class Experiment(_Strict):
     train: TrainSection = Field(default_factory=TrainSection)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     failure: FailureSection = Field(default_factory=FailureSection)
+    kfold: KFoldSection | None = None
     storage: str = "runs"
 
     @model_validator(mode="after")
@@ -311,6 +354,13 @@ class Experiment(_Strict):
             from search.space import grid_points
 
             grid_points(self.search.space)  # raises if a dimension is a continuous range
+        if self.train.same_init is not None:
+            varying = varying_architecture_dims(self.search.space)
+            if varying:
+                raise ValueError(
+                    f"train.same_init needs a fixed architecture, but search.space varies {varying}: "
+                    "fix them to one value each (the optimizer, lr, dropout and batch size may vary)"
+                )
         if self.scheduler.type == "asha" and self.scheduler.grace_period > self.train.epochs:
             raise ValueError(
                 f"scheduler.grace_period ({self.scheduler.grace_period}) exceeds train.epochs "

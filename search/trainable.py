@@ -101,29 +101,159 @@ def _report_with_checkpoint(result: dict[str, Any], model, optimizer, epoch: int
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+class Trainer:
+    """Model, optimizer and batches of one trial, outside Ray: the trainable, the same-init
+    warm-up and the k-fold re-training all run their epochs through it."""
+
+    def __init__(
+        self,
+        cfg,
+        config: dict[str, Any],
+        data: dict[str, Any],
+        settings: dict[str, Any],
+        *,
+        train_idx,
+        val_idx,
+    ) -> None:
+        import contextlib
+
+        import torch
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassPrecision
+
+        from data_pipeline import Batches
+        from models import ConvNet
+
+        torch.set_num_threads(max(1, int(settings.get("cpus", 1))))
+        self.device = "cuda" if settings.get("gpus", 0) > 0 and torch.cuda.is_available() else "cpu"
+        self.precision = choose_precision(settings["precision"], self.device)
+        fast = self.precision == "bf16"
+        self._autocast = (
+            (lambda: torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16))
+            if fast
+            else contextlib.nullcontext
+        )
+        self.seed = int(settings["seed"])
+        self.num_classes = len(data["classes"])
+        torch.manual_seed(self.seed)
+        self.model = ConvNet(cfg)
+        if data.get("init_state") is not None:
+            self.model.load_state_dict(data["init_state"])
+        memory_format = torch.channels_last if fast else torch.contiguous_format
+        self.model.to(device=self.device, memory_format=memory_format)
+        self.optimizer = make_optimizer(config, self.model.parameters())
+        batch_size = int(config.get("batch_size") or settings["batch_size"])
+        common = dict(device=self.device, mean=data["mean"], std=data["std"], channels_last=fast)
+        self.train_batches = Batches(
+            data["images"],
+            data["labels"],
+            indices=train_idx,
+            batch_size=batch_size,
+            shuffle=True,
+            seed=self.seed,
+            augment=settings.get("augment", False),
+            **common,
+        )
+        self.eval_train_batches = self.train_batches.with_options(
+            batch_size=settings["eval_batch_size"], shuffle=False, augment=False
+        )
+        self.val_batches = Batches(
+            data["images"],
+            data["labels"],
+            indices=val_idx,
+            batch_size=settings["eval_batch_size"],
+            shuffle=False,
+            **common,
+        )
+        self._acc = MulticlassAccuracy(self.num_classes, average="micro").to(self.device)
+        self._prec = MulticlassPrecision(self.num_classes, average="macro").to(self.device)
+
+    def weights_digest(self) -> str:
+        """A fingerprint of the current weights (same digest = identical weights)."""
+        import hashlib
+
+        h = hashlib.sha1()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch; returns step losses, train metrics, seconds, images/s. The step losses
+        are checked by the caller: a non-finite loss means the trial diverged."""
+        import torch
+        import torch.nn.functional as F
+
+        t0 = time.perf_counter()
+        torch.manual_seed(self.seed * 1000 + epoch)  # dropout masks: the same after a resume
+        self.train_batches.set_epoch(epoch)
+        self._acc.reset()
+        self._prec.reset()
+        self.model.train()
+        losses, n_images = [], 0
+        for x, y in self.train_batches:
+            with self._autocast():
+                logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.detach())
+            self._acc.update(logits.detach().float(), y)
+            self._prec.update(logits.detach().float(), y)
+            n_images += y.numel()
+        step_loss = torch.stack(losses).float().cpu().tolist()
+        seconds = time.perf_counter() - t0
+        return {
+            "step_loss": step_loss,
+            "train_loss": sum(step_loss) / len(step_loss),
+            "train_accuracy": self._acc.compute().item(),
+            "train_macro_precision": self._prec.compute().item(),
+            "seconds": seconds,
+            "images_per_s": n_images / seconds,
+        }
+
+    def evaluate(self, batches) -> dict[str, Any]:
+        return _evaluate(self.model, batches, self.num_classes, self._autocast)
+
+
+def first_non_finite(values: list[float]) -> int | None:
+    return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+
+
+def split_indices(config: dict[str, Any], data: dict[str, Any]):
+    """(train, validation) rows: the fixed train/test split, or fold `config['fold']`."""
+    import numpy as np
+
+    if config.get("fold") is None:
+        return data["train_idx"], data["val_idx"]
+    folds = np.asarray(data["folds"])
+    k = int(config["fold"])
+    return np.flatnonzero((folds >= 0) & (folds != k)), np.flatnonzero(folds == k)
+
+
 def train_trial(config: dict[str, Any], *, data: dict[str, Any], settings: dict[str, Any]) -> None:
     """Ray Tune function trainable. `data` holds the cache arrays (shared through the object
-    store), `settings` the experiment's fixed training settings."""
-    import contextlib
-
+    store), `settings` the experiment's fixed training settings. With `fold` in the config it
+    trains on the other folds, validates on that one, and at the end also evaluates the
+    training folds (for the k-fold train-vs-test error estimates)."""
     import torch
-    import torch.nn.functional as F
     from ray import tune
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassPrecision
 
-    from data_pipeline import Batches
-    from models import ConvNet, InfeasibleArchitecture, count_macs, count_params
+    from models import InfeasibleArchitecture, count_macs, count_params
     from search.space import encode_layers, model_config
 
     metric, mode = settings["metric"], settings["mode"]
-    num_classes = len(data["classes"])
     try:
-        cfg = model_config(config, image_size=settings["image_size"], num_classes=num_classes)
+        cfg = model_config(
+            config, image_size=settings["image_size"], num_classes=len(data["classes"])
+        )
     except InfeasibleArchitecture as e:
         tune.report(
             {metric: worst_value(mode), "status": "infeasible", "reason": str(e), "epoch": 0}
         )
         return
+    train_idx, val_idx = split_indices(config, data)
+    trainer = Trainer(cfg, config, data, settings, train_idx=train_idx, val_idx=val_idx)
     facts = {
         "params": count_params(cfg),
         "macs": count_macs(cfg),
@@ -133,112 +263,51 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], settings: dict[
         "model_mlp": encode_layers(cfg.mlp),
         "model_dropout": cfg.dropout,
         "model_batchnorm": cfg.batchnorm,
+        "precision": trainer.precision,
+        "device": trainer.device,
+        "init_digest": trainer.weights_digest(),
     }
-
-    threads = max(1, int(settings.get("cpus", 1)))
-    torch.set_num_threads(threads)
-    device = "cuda" if settings.get("gpus", 0) > 0 and torch.cuda.is_available() else "cpu"
-    precision = choose_precision(settings["precision"], device)
-    fast = precision == "bf16"
-    memory_format = torch.channels_last if fast else torch.contiguous_format
-
-    def autocast():
-        if not fast:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
-
-    seed = int(settings["seed"])
-    torch.manual_seed(seed)
-    model = ConvNet(cfg).to(device=device, memory_format=memory_format)
-    optimizer = make_optimizer(config, model.parameters())
     start_epoch = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(
-                os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=True
+                os.path.join(d, CHECKPOINT_FILE), map_location=trainer.device, weights_only=True
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
 
-    batch_size = int(config.get("batch_size") or settings["batch_size"])
-    common = dict(device=device, mean=data["mean"], std=data["std"], channels_last=fast)
-    train_batches = Batches(
-        data["images"],
-        data["labels"],
-        indices=data["train_idx"],
-        batch_size=batch_size,
-        shuffle=True,
-        seed=seed,
-        augment=settings.get("augment", False),
-        **common,
-    )
-    val_batches = Batches(
-        data["images"],
-        data["labels"],
-        indices=data["val_idx"],
-        batch_size=settings["eval_batch_size"],
-        shuffle=False,
-        **common,
-    )
-    train_acc = MulticlassAccuracy(num_classes, average="micro").to(device)
-    train_prec = MulticlassPrecision(num_classes, average="macro").to(device)
-
-    for epoch in range(start_epoch, settings["epochs"]):
-        t0 = time.perf_counter()
-        torch.manual_seed(seed * 1000 + epoch)  # dropout masks: the same after a resume
-        train_batches.set_epoch(epoch)
-        train_acc.reset()
-        train_prec.reset()
-        model.train()
-        losses = []
-        n_images = 0
-        for x, y in train_batches:
-            with autocast():
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach())
-            train_acc.update(logits.detach().float(), y)
-            train_prec.update(logits.detach().float(), y)
-            n_images += y.numel()
-        step_loss = torch.stack(losses).float().cpu().tolist()
-        train_seconds = time.perf_counter() - t0
-        result: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "precision": precision,
-            "device": device,
-            **facts,
-        }
-        if not all(math.isfinite(v) for v in step_loss):
-            first_bad = next(i for i, v in enumerate(step_loss) if not math.isfinite(v))
+    epochs = settings["epochs"]
+    for epoch in range(start_epoch, epochs):
+        result: dict[str, Any] = {"epoch": epoch + 1, **facts, **trainer.train_epoch(epoch)}
+        bad = first_non_finite(result["step_loss"])
+        if bad is not None:
             result.update(
                 {
                     metric: worst_value(mode),
                     "status": "diverged",
-                    "step_loss": step_loss[: first_bad + 1],
-                    "reason": f"non-finite training loss at step {first_bad + 1} of epoch {epoch + 1}",
+                    "step_loss": result["step_loss"][: bad + 1],
+                    "reason": f"non-finite training loss at step {bad + 1} of epoch {epoch + 1}",
                 }
             )
+            for key in ("train_loss", "train_accuracy", "train_macro_precision"):
+                result.pop(key)
             tune.report(result)
             return
-        val = _evaluate(model, val_batches, num_classes, autocast)
+        t0 = time.perf_counter()
+        val = trainer.evaluate(trainer.val_batches)
         result.update(
             {
                 "status": "running",
-                "train_loss": sum(step_loss) / len(step_loss),
-                "train_accuracy": train_acc.compute().item(),
-                "train_macro_precision": train_prec.compute().item(),
                 "val_loss": val["loss"],
                 "val_accuracy": val["accuracy"],
                 "val_macro_precision": val["macro_precision"],
                 "confusion": val["confusion"],
-                "step_loss": step_loss,
-                "seconds": time.perf_counter() - t0,
-                "images_per_s": n_images / train_seconds,
             }
         )
-        _report_with_checkpoint(result, model, optimizer, epoch)
+        if config.get("fold") is not None and epoch + 1 == epochs:
+            train_eval = trainer.evaluate(trainer.eval_train_batches)
+            result.update({f"train_eval_{k}": v for k, v in train_eval.items() if k != "confusion"})
+        result["seconds"] += time.perf_counter() - t0
+        _report_with_checkpoint(result, trainer.model, trainer.optimizer, epoch)

@@ -68,11 +68,12 @@ def load_data(exp: Experiment, *, progress: bool = True) -> dict[str, Any]:
         "val_idx": np.asarray(cache.indices("test"), dtype=np.int64),
         "mean": tuple(float(m) for m in cache.mean),
         "std": tuple(float(s) for s in cache.std),
+        "folds": np.asarray(cache.fold, dtype=np.int64),
         "classes": list(cache.classes),
     }
 
 
-def _settings(exp: Experiment) -> dict[str, Any]:
+def trial_settings(exp: Experiment) -> dict[str, Any]:
     return {
         "epochs": exp.train.epochs,
         "batch_size": exp.train.batch_size,
@@ -111,7 +112,7 @@ def _trainable(exp: Experiment, data: dict[str, Any]):
 
     resources = {"cpu": exp.resources.cpus, "gpu": exp.resources.gpus}
     return tune.with_resources(
-        tune.with_parameters(train_trial, data=data, settings=_settings(exp)), resources
+        tune.with_parameters(train_trial, data=data, settings=trial_settings(exp)), resources
     )
 
 
@@ -255,14 +256,36 @@ def _fit_and_export(tuner, exp: Experiment, run_dir: Path, data: dict[str, Any])
     return tables, interrupted
 
 
+def _add_init_state(exp: Experiment, data: dict[str, Any], run_dir: Path) -> None:
+    if exp.train.same_init is None:
+        return
+    from search.warmup import warmup_weights
+
+    try:
+        data["init_state"] = warmup_weights(exp, data, run_dir)
+    except ValueError as e:
+        raise ExperimentError(str(e)) from None
+
+
+def _kfold_after_search(exp: Experiment, run_dir: Path, address: str | None) -> None:
+    from search.kfold import run_kfold
+
+    kf = exp.kfold
+    print(f"\nk-fold: re-training the top {kf.top} config(s) on {kf.k} folds")
+    run_kfold(run_dir, top=kf.top, k=kf.k, epochs=kf.epochs, address=address)
+
+
 def run(
     exp: Experiment, *, name: str | None = None, address: str | None = None, progress: bool = True
 ) -> tuple[Path, dict[str, Any], bool]:
     """Run a whole search. Returns (run_dir, tables, interrupted)."""
     run_dir, data = prepare_run(exp, name=name, progress=progress)
+    _add_init_state(exp, data, run_dir)
     owns_ray = start_ray(address)
     try:
         tables, interrupted = _fit_and_export(_tuner(exp, run_dir, data), exp, run_dir, data)
+        if exp.kfold is not None and not interrupted:
+            _kfold_after_search(exp, run_dir, address)
     finally:
         if owns_ray:
             import ray
@@ -276,7 +299,6 @@ def resume(
 ) -> tuple[Path, dict[str, Any], bool]:
     """Continue a stopped or crashed run: finished trials are kept, unfinished ones continue
     from their last checkpoint, and the search completes its trial budget."""
-    from ray import tune
 
     run_dir = Path(run_dir)
     if not (run_dir / "experiment.yaml").exists() or not (run_dir / "tuner.pkl").exists():
@@ -285,21 +307,45 @@ def resume(
         )
     exp = load_experiment(run_dir / "experiment.yaml")
     data = load_data(exp, progress=progress)
+    _add_init_state(exp, data, run_dir)
     owns_ray = start_ray(address)
     try:
-        tuner = tune.Tuner.restore(
-            str(run_dir.resolve()),
-            trainable=_trainable(exp, data),
-            resume_unfinished=True,
-            resume_errored=True,
-        )
-        tables, interrupted = _fit_and_export(tuner, exp, run_dir, data)
+        tables, interrupted = _fit_and_export(_restored(run_dir, exp, data), exp, run_dir, data)
+        if not interrupted and _lost_checkpoints(tables):
+            # Tune deletes a trial's older checkpoint before its state snapshot points at the
+            # newer one; a crash in between leaves the snapshot naming a deleted checkpoint.
+            # Those trials cannot continue, so they start again from scratch.
+            tables, interrupted = _fit_and_export(
+                _restored(run_dir, exp, data, restart_errored=True), exp, run_dir, data
+            )
+        if exp.kfold is not None and not interrupted:
+            _kfold_after_search(exp, run_dir, address)
     finally:
         if owns_ray:
             import ray
 
             ray.shutdown()
     return run_dir, tables, interrupted
+
+
+def _restored(
+    run_dir: Path, exp: Experiment, data: dict[str, Any], *, restart_errored: bool = False
+):
+    from ray import tune
+
+    return tune.Tuner.restore(
+        str(run_dir.resolve()),
+        trainable=_trainable(exp, data),
+        resume_unfinished=True,
+        resume_errored=not restart_errored,
+        restart_errored=restart_errored,
+    )
+
+
+def _lost_checkpoints(tables: dict[str, Any]) -> bool:
+    trials = tables["trials"]
+    errors = trials.loc[trials["status"] == "error", "error"].fillna("")
+    return bool(errors.str.contains("does not exist on storage anymore").any())
 
 
 def format_best(tables: dict[str, Any], exp: Experiment, top: int = 5) -> str:
