@@ -121,6 +121,18 @@ def _sections(run: Run, *, window: int) -> list[_Section]:
     def kfold() -> Figure:
         return plot_kfold(run.folds)
 
+    def batchnorm() -> Figure:
+        return plot_architecture_comparison(
+            steps,
+            epochs,
+            trials,
+            by="model_batchnorm",
+            window=window,
+            metric=metric,
+            mode=mode,
+            title="Batch norm after each conv: off / on (mean over the trials of each)",
+        )
+
     table = [
         ("search_progress", "Search progress", progress,
          f"Best {pretty(metric)} so far ({mode}) by trial number and wall-clock time; "
@@ -147,6 +159,9 @@ def _sections(run: Run, *, window: int) -> list[_Section]:
         ("dropout", "Dropout compared", dropout,
          "Training loss by dropout p, and each trial's final validation accuracy against p "
          "(hollow: stopped early)."),
+        ("batchnorm", "Batch norm compared", batchnorm,
+         f"Training loss ({w} rolling mean) and train/validation accuracy per epoch, with and "
+         "without batch norm."),
         ("kfold", "K-fold error estimates", kfold,
          "Scores over the folds per config; median and IQR above each box, whiskers at "
          "1.5 IQR."),

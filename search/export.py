@@ -43,7 +43,8 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
 
 def _tune_statuses(run_dir: Path) -> dict[str, dict[str, Any]]:
     """trial_id -> {'status', 'config'} from Ray Tune's newest experiment state file."""
-    files = sorted(glob.glob(str(run_dir / "experiment_state-*.json")), key=os.path.getmtime)
+    # The newest by the session time in the name: Tune may touch an older file on restore.
+    files = sorted(glob.glob(str(run_dir / "experiment_state-*.json")))
     if not files:
         return {}
     try:

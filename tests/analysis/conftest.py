@@ -44,6 +44,7 @@ def _tables(*, one_optimizer: bool = False) -> dict[str, pd.DataFrame]:
             "mlp": "" if i % 2 else "64-32",
             "model_strides": "4-1-1" if arch == "FlatAlexNet" else "4-1-1-1-1",
             "model_kernels": "11-5-3" if arch == "FlatAlexNet" else "11-5-3-3-3",
+            "model_batchnorm": i % 3 == 0,
             "params": 1000 * (i + 1),
             "epochs": measured,
             "start_timestamp": start,

@@ -17,6 +17,7 @@ EVERY_PLOT = {
     "confusion_best.png",
     "optimizers.png",
     "dropout.png",
+    "batchnorm.png",
     "kfold.png",
 }
 

@@ -1,0 +1,212 @@
+"""The seed's studies: k-fold error estimates, same-init optimizer comparison, and a smoke run
+of every experiment file with tiny overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from search.cli import main
+from search.trainable import split_indices
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
+
+
+def tiny(folder: Path, cache: Path, storage: Path) -> list[str]:
+    """Overrides that make any experiment file run in seconds on the small test folder."""
+    return [
+        f"--data={folder}",
+        f"--storage={storage}",
+        "--set",
+        f"data.cache={cache}",
+        "--set",
+        "data.image_size=16",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=27",
+        "--set",
+        "resources.cpus=1",
+        "--set",
+        "resources.gpus=0",
+        "--set",
+        "scheduler.grace_period=1",
+    ]
+
+
+def test_fold_splits_partition_the_data():
+    folds = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, -1])
+    data = {"folds": folds, "train_idx": np.arange(9), "val_idx": np.array([9])}
+    seen = []
+    for k in range(3):
+        train, test = split_indices({"fold": k}, data)
+        assert set(train).isdisjoint(test)
+        assert set(train) | set(test) == set(range(9))  # unassigned rows take no part
+        seen.extend(test)
+    assert sorted(seen) == list(range(9))  # every sample is in exactly one test fold
+    train, val = split_indices({}, data)
+    assert list(val) == [9]
+
+
+@pytest.mark.slow
+def test_kfold_after_a_search_and_resumable(
+    ray_session, tmp_path, small_folder, cache_root, capsys
+):
+    args = [
+        "run",
+        str(REPO / "experiments" / "architectures.yaml"),
+        "--name",
+        "arch",
+        *tiny(small_folder, cache_root, tmp_path),
+        "--set",
+        "search.space.arch=[FlatAlexNet,NarrowAlexNet]",
+        "--set",
+        "search.num_trials=2",
+        "--set",
+        "search.space.width=0.125",
+    ]
+    assert main(args) == 0
+    run_dir = tmp_path / "arch"
+    assert main(["kfold", str(run_dir), "--top", "2", "--k", "3", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "whisker_low" in out and "macro_precision" in out
+    folds = pd.read_parquet(run_dir / "folds.parquet")
+    assert {"config_id", "trial_id", "fold", "split", "accuracy", "macro_precision", "loss"} <= set(
+        folds.columns
+    )
+    assert len(folds) == 2 * 3 * 2
+    assert (
+        folds.groupby(["config_id", "split"])["fold"]
+        .apply(sorted)
+        .map(lambda f: f == [0, 1, 2])
+        .all()
+    )
+    assert folds[["accuracy", "macro_precision"]].stack().between(0, 1).all()
+    assert set(folds["arch"]) == {"FlatAlexNet", "NarrowAlexNet"}
+    trials = json.loads((run_dir / "kfold" / "kfold.json").read_text())
+    assert trials["k"] == 3 and len(trials["configs"]) == 2
+
+    # again: the finished k-fold run is kept, not re-trained
+    before = folds.sort_values(["config_id", "fold", "split"]).reset_index(drop=True)
+    assert main(["kfold", str(run_dir), "--top", "2", "--k", "3", "--epochs", "1"]) == 0
+    after = (
+        pd.read_parquet(run_dir / "folds.parquet")
+        .sort_values(["config_id", "fold", "split"])
+        .reset_index(drop=True)
+    )
+    pd.testing.assert_frame_equal(before, after)
+    # other options on the same run directory are refused, saying how to start over
+    assert main(["kfold", str(run_dir), "--k", "5"]) == 2
+    assert "delete" in capsys.readouterr().err
+
+
+def test_kfold_input_errors(tmp_path, capsys):
+    assert main(["kfold", str(tmp_path), "--k", "3"]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["kfold", str(tmp_path), "--k", "1"]) == 2
+    assert "at least 2 folds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_same_init_trials_start_from_identical_weights(
+    ray_session, tmp_path, small_folder, cache_root, capsys
+):
+    args = [
+        "run",
+        str(REPO / "experiments" / "optimizers.yaml"),
+        "--name",
+        "opt",
+        *tiny(small_folder, cache_root, tmp_path),
+        "--set",
+        "search.space.arch=FlatAlexNet",
+        "--set",
+        "search.space.width=0.125",
+        "--set",
+        "search.space.optimizer={sgd: {lr: 0.01}, adam: {lr: 0.001}}",
+        "--set",
+        "search.num_trials=2",
+        "--set",
+        "train.epochs=2",
+    ]
+    assert main(args) == 0
+    run_dir = tmp_path / "opt"
+    init = torch.load(run_dir / "init_weights.pt", weights_only=True)
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert sorted(trials["optimizer"]) == ["adam", "sgd"] and set(trials["status"]) == {"completed"}
+    digests = set()
+    for trial_id in trials["trial_id"]:
+        first = json.loads(
+            (run_dir / f"trial_{trial_id}" / "result.json").read_text().splitlines()[0]
+        )
+        digests.add(first["init_digest"])
+    assert len(digests) == 1  # every trial started from the same weights ...
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, tensor in sorted(init.items()):
+        h.update(name.encode())
+        h.update(tensor.contiguous().numpy().tobytes())
+    assert digests == {h.hexdigest()}  # ... the warm-up's
+    losses = pd.read_parquet(run_dir / "steps.parquet").groupby("trial_id")["loss"]
+    first_losses = losses.first()
+    assert first_losses.nunique() == 1  # the same start and the same first batch ...
+    assert losses.apply(list).map(tuple).nunique() == 2  # ... and then only the optimizer differs
+
+
+def test_same_init_requires_a_fixed_architecture(capsys):
+    path = REPO / "experiments" / "optimizers.yaml"
+    assert main(["validate", str(path), "--set", "search.space.arch=[AlexNet,FlatAlexNet]"]) == 2
+    assert "train.same_init needs a fixed architecture" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_runs_with_tiny_overrides(
+    ray_session, tmp_path, small_folder, cache_root, name, capsys
+):
+    extra = ["--set", "search.num_trials=1"]
+    if name in ("mlp", "full"):
+        extra += ["--set", "search.space.mlp_width={low: 16, high: 64, log: true}"]
+    if name == "full":
+        extra += [
+            "--set",
+            "search.space.width={low: 0.1, high: 0.3}",
+            "--set",
+            "kfold.k=2",
+            "--set",
+            "kfold.top=1",
+        ]
+    if name == "kfold":
+        extra += [
+            "--set",
+            "kfold.k=2",
+            "--set",
+            "kfold.top=1",
+            "--set",
+            "search.space.arch=[FlatAlexNet,NarrowAlexNet]",
+        ]
+    if name == "demo":
+        extra = ["--set", "search.num_trials=1", "--set", "search.space.width=0.25"]
+    args = [
+        "run",
+        str(REPO / "experiments" / f"{name}.yaml"),
+        "--name",
+        name,
+        *tiny(small_folder, cache_root, tmp_path),
+        *extra,
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    trials = pd.read_parquet(tmp_path / name / "trials.parquet")
+    assert len(trials) == 1 and trials["status"].isin(["completed", "stopped"]).all(), trials[
+        ["status", "error"]
+    ]
+    if name in ("kfold", "full"):
+        assert (
+            len(pd.read_parquet(tmp_path / name / "folds.parquet")) == 2 * 2
+        )  # 1 config x 2 folds x train/test
