@@ -71,9 +71,11 @@ def _load(path: str, overrides: Sequence[str], data: str | None = None, storage:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from search.schema import ExperimentError
     from search.space import check_space
+    from search.tuner import check_storage
 
     exp = _load(args.file, args.set)
     try:
+        check_storage(exp.storage)
         skipped = check_space(exp.search.space, image_size=exp.data.image_size, num_classes=2)
     except ExperimentError as e:
         raise UsageError(f"{args.file}: {e}") from e

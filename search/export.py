@@ -131,6 +131,7 @@ def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str
                         **{m: r.get(m) for m in METRIC_COLUMNS},
                         "seconds": r.get("seconds"),
                         "images_per_s": r.get("images_per_s"),
+                        "node_id": r.get("node_id"),
                         "time_total_s": r.get("time_total_s"),
                         "timestamp": r.get("timestamp"),
                     }
@@ -166,6 +167,7 @@ def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str
                 row[key] = value
         measured = [r for r in results if "train_loss" in r]
         row["epochs"] = len(measured)
+        row["node_id"] = last.get("node_id")  # where the trial ran last (a retry may move it)
         for m in METRIC_COLUMNS:
             values = [r[m] for r in measured if r.get(m) is not None and math.isfinite(r[m])]
             row[f"final_{m}"] = values[-1] if values else None

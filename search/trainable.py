@@ -236,6 +236,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], settings: dict[
     store), `settings` the experiment's fixed training settings. With `fold` in the config it
     trains on the other folds, validates on that one, and at the end also evaluates the
     training folds (for the k-fold train-vs-test error estimates)."""
+    import ray
     import torch
     from ray import tune
 
@@ -266,6 +267,8 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], settings: dict[
         "precision": trainer.precision,
         "device": trainer.device,
         "init_digest": trainer.weights_digest(),
+        # Which Ray node ran the epoch: node IPs coincide for nodes sharing a machine.
+        "node_id": ray.get_runtime_context().get_node_id(),
     }
     start_epoch = 0
     checkpoint = tune.get_checkpoint()

@@ -73,6 +73,24 @@ def load_data(exp: Experiment, *, progress: bool = True) -> dict[str, Any]:
     }
 
 
+def check_storage(storage: str) -> None:
+    """Run directories are plain files (Optuna's SQLite study, the Parquet export, Tune's
+    folders read back with pathlib): refuse a storage URI, and inside a Ray job a relative
+    path, which would land in the job's temporary copy of the working directory."""
+    if "://" in storage:
+        raise ExperimentError(
+            f"storage: {storage!r} is a URI, but hpsearch reads and writes its run directories "
+            "as local files. On a cluster, mount shared storage (NFS, EFS, Filestore) at the same "
+            "path on every node and pass that path, e.g. --storage /mnt/shared/runs"
+        )
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not Path(storage).is_absolute():
+        raise ExperimentError(
+            f"storage: {storage!r} is relative, and this run is a Ray job whose working "
+            "directory is a temporary copy Ray deletes later. Pass an absolute path that every "
+            "node mounts, e.g. --storage /mnt/shared/runs"
+        )
+
+
 def trial_settings(exp: Experiment) -> dict[str, Any]:
     return {
         "epochs": exp.train.epochs,
@@ -157,6 +175,13 @@ def _max_concurrent(exp: Experiment) -> int:
     fits = [int(total.get("CPU", 1) // exp.resources.cpus)]
     if exp.resources.gpus:
         fits.append(int(total.get("GPU", 0) // exp.resources.gpus))
+    if min(fits) < 1:
+        # An autoscaling cluster starts without workers: what fits now says nothing.
+        print(
+            "search.max_concurrent: no trial fits the cluster's resources yet (an autoscaling "
+            "cluster adds workers later), so trials run one at a time; set "
+            "search.max_concurrent to run more at once, e.g. --set search.max_concurrent=8"
+        )
     return max(1, min(fits))
 
 
@@ -228,6 +253,7 @@ def prepare_run(
     exp: Experiment, *, name: str | None = None, progress: bool = True
 ) -> tuple[Path, dict[str, Any]]:
     """Everything `run` checks and builds before Ray starts. Raises ExperimentError."""
+    check_storage(exp.storage)
     run_dir = Path(exp.storage) / (name or default_run_name(exp))
     if run_dir.exists():
         raise ExperimentError(
