@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from data_pipeline.decode import DECODE_VERSION, REASON_EMPTY
 
@@ -68,6 +67,10 @@ def _list_dir(path: str) -> list[os.DirEntry]:
 
 def _walk_class(root: Path, folder: str, rows: list[dict]) -> int:
     """Append one row per entry under root/folder; return how many image files were found."""
+    # Imported here, not at the top: torchvision's package import pulls in torch._dynamo
+    # (seconds), and every trial process imports this package for `Batches` alone.
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
     found = 0
     seen: set[tuple[int, int]] = set()
     stack = [folder]
@@ -163,6 +166,8 @@ def scan(root: str | os.PathLike) -> pd.DataFrame:
     manifest.attrs["root"] = str(root_path)
     usable = manifest[manifest["status"] == OK]
     if usable.empty:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
         raise DatasetError(
             f"no image files in class folders of {str(root_path)!r} ({_found(manifest)}): "
             f"expected ROOT/<class>/<image> with extensions {', '.join(IMG_EXTENSIONS)}"

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from data_pipeline.scan import OK, DatasetError
 
@@ -77,6 +76,8 @@ def assign_split(
     manifest: pd.DataFrame, *, test_fraction: float = 0.1, seed: int = 0
 ) -> pd.DataFrame:
     """Return a copy with a stratified, seeded `split` column ("train" / "test" / "")."""
+    from sklearn.model_selection import train_test_split  # lazy: seconds to import (see scan)
+
     usable = _usable(manifest)
     check_class_sizes(usable["class_name"].value_counts(), test_fraction=test_fraction, folds=0)
     _, test_idx = train_test_split(
@@ -102,6 +103,8 @@ def assign_folds(manifest: pd.DataFrame, *, folds: int, seed: int = 0) -> pd.Dat
     usable = _usable(manifest)
     check_class_sizes(usable["class_name"].value_counts(), folds=folds)
     labels = usable["label"].to_numpy()
+    from sklearn.model_selection import StratifiedKFold  # lazy: seconds to import (see scan)
+
     kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, test_pos) in enumerate(kfold.split(np.zeros(len(labels)), labels)):
         out.loc[usable.index[test_pos], "fold"] = k

@@ -1,0 +1,75 @@
+"""What every benchmark prints and needs: the machine line, a header, an experiment built in
+code, a local Ray instance. Not a benchmark itself (`python -m benchmarks` runs `bench_*`)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.bench_data import _cpu_model
+from data_pipeline.cache import default_workers
+
+
+def load_average() -> str:
+    try:
+        return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
+def header(sizes: str, *, smoke: bool) -> None:
+    """Machine, date, load (other work on the machine skews every figure) and sizes."""
+    print(
+        f"machine  {_cpu_model()}, {os.cpu_count()} cores ({default_workers()} usable), "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"date     {dt.datetime.now().astimezone().isoformat(timespec='seconds')} "
+        f"({load_average()} at the start)"
+    )
+    print(f"sizes    {sizes}" + ("  [smoke: numbers mean nothing]" if smoke else ""), flush=True)
+
+
+def verdict(ratio: float, target: float, *, at_most: bool = False) -> str:
+    met = ratio <= target if at_most else ratio >= target
+    sign = "<=" if at_most else ">="
+    return f"target {sign} {target:.3g}: {'met' if met else 'NOT met'}"
+
+
+def experiment(name: str, folder: Path, work: Path, **sections: dict[str, Any]):
+    """A validated Experiment whose cache and run directories live under `work`."""
+    from search.schema import Experiment
+
+    doc: dict[str, Any] = {
+        "name": name,
+        "data": {"folder": str(folder), "cache": str(work / "cache"), "seed": 0},
+        "search": {"max_concurrent": 2, "seed": 0},
+        "train": {"precision": "auto", "seed": 0},
+        "resources": {"cpus": 1, "gpus": 0},
+        "failure": {"max_retries": 0},
+        "storage": str(work / "runs"),
+    }
+    for key, value in sections.items():
+        doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
+    return Experiment.model_validate(doc)
+
+
+@contextlib.contextmanager
+def local_ray() -> Iterator[None]:
+    """Use the Ray instance already running in this process, or start (and stop) one."""
+    from search.tuner import start_ray
+
+    owns = start_ray(None)
+    try:
+        yield
+    finally:
+        if owns:
+            import ray
+
+            ray.shutdown()

@@ -1,0 +1,176 @@
+"""GPU path: AlexNet at 227 px training images/s and the fraction of the GPU's bf16 peak it
+reaches; trials per hour with 4 trials packed on one GPU vs 1.
+
+NOT MEASURED YET: no machine with a CUDA device was available when this was written, so no GPU
+figure exists. Without a CUDA device the script says so and exits cleanly (status 0).
+
+What is measured, on the first CUDA device:
+- training throughput: `search.trainable.Trainer` (the trial's trainer; `precision: auto`, so
+  bf16 autocast + channels_last where the device supports bf16) on uint8 images resident on the
+  device, AlexNet at 227 px, batch 256; the first epoch is warm-up. Fraction of peak =
+  3 x 2 x MACs per image (forward + backward, `models.count_macs`) x images/s over the device's
+  dense bf16 peak (a table of known cards, or `--peak-tflops`). Target: >= 30 %.
+- packing: the same small search (bench_search's config: FlatAlexNet width 0.25, MLP [64], 64 px,
+  8 trials x 3 epochs, no early stopping, the cache built before the clock starts) with `resources.gpus: 1` (one trial at a time) and with
+  `resources.gpus: 0.25` (4 at a time). Target: >= 2x trials x epochs per hour.
+
+Run: `python -m benchmarks bench_gpu` (full size) or with `--smoke` (tiny, measures nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks._common import experiment, header, local_ray, verdict
+
+MFU_TARGET = 0.30
+PACKING_TARGET = 2.0
+# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from the vendors' data sheets.
+BF16_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+}
+
+
+def peak_tflops(name: str) -> float | None:
+    for key in sorted(BF16_PEAK_TFLOPS, key=len, reverse=True):
+        if key in name:
+            return BF16_PEAK_TFLOPS[key]
+    return None
+
+
+def throughput(*, size: int, batch: int, images: int, arch: str) -> tuple[float, str, int]:
+    """(training images/s, precision, MACs per image) of the trial's Trainer on the GPU."""
+    from models import count_macs
+    from search.space import model_config
+    from search.trainable import Trainer
+
+    rng = np.random.default_rng(0)
+    data = {
+        "images": rng.integers(0, 256, (images, 3, size, size), dtype=np.uint8),
+        "labels": rng.integers(0, 10, images).astype(np.int64),
+        "train_idx": np.arange(images),
+        "val_idx": np.arange(min(images, batch)),  # Trainer builds validation batches too
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.25, 0.25, 0.25),
+        "classes": [str(c) for c in range(10)],
+    }
+    config = {"arch": arch, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9}
+    cfg = model_config(config, image_size=size, num_classes=10)
+    settings = {
+        "precision": "auto",
+        "seed": 0,
+        "cpus": 4,
+        "gpus": 1,
+        "batch_size": batch,
+        "eval_batch_size": batch,
+        "augment": False,
+    }
+    trainer = Trainer(
+        cfg, config, data, settings, train_idx=data["train_idx"], val_idx=data["val_idx"]
+    )
+    trainer.train_epoch(0)  # warm-up: cuDNN autotuning, allocator
+    torch.cuda.synchronize()
+    result = trainer.train_epoch(1)  # ends with .cpu() of the losses: synchronised
+    return result["images_per_s"], trainer.precision, count_macs(cfg)
+
+
+def packed_search(
+    src: Path, work: Path, *, gpus: float, trials: int, epochs: int, test_fraction: float
+) -> float:
+    from search.tuner import load_data, run
+
+    exp = experiment(
+        f"bench-gpu-{int(1 / gpus)}",
+        src,
+        work,
+        data={"image_size": 64, "test_fraction": test_fraction},
+        search={
+            "algorithm": "tpe",
+            "num_trials": trials,
+            "max_concurrent": int(round(1 / gpus)),
+            "space": {
+                "arch": "FlatAlexNet",
+                "width": 0.25,
+                "mlp_layers": 1,
+                "mlp_width": 64,
+                "optimizer": {"sgd": {"lr": {"low": 0.003, "high": 0.1, "log": True}}},
+            },
+        },
+        scheduler={"type": "none"},
+        train={"epochs": epochs, "batch_size": 64},
+        resources={"cpus": 2, "gpus": gpus},
+    )
+    load_data(exp, progress=False)  # both sides start from a built cache
+    start = time.perf_counter()
+    run(exp, name=f"packed-{int(round(1 / gpus))}", progress=False)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(
+        prog="bench_gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(
+            "no CUDA device: bench_gpu measures nothing on this machine (GPU figures not "
+            "measured); run it on a machine with an NVIDIA GPU"
+        )
+        return
+    from benchmarks.bench_data import generate
+    from data_pipeline.cache import default_workers
+
+    size, batch, images = (64, 16, 64) if args.smoke else (227, 256, 2560)
+    trials, epochs = (2, 1) if args.smoke else (8, 3)
+    name = torch.cuda.get_device_name(0)
+    header(
+        f"AlexNet at {size} px, batch {batch}, {images} images resident on the device; packing: "
+        f"{trials} trials x {epochs} epochs, 1 vs 4 per GPU",
+        smoke=args.smoke,
+    )
+    print(f"device   {name}, torch.version.cuda {torch.version.cuda}")
+    ips, precision, macs = throughput(size=size, batch=batch, images=images, arch="AlexNet")
+    peak = args.peak_tflops or peak_tflops(name)
+    achieved = 6 * macs * ips / 1e12
+    print(f"training {ips:,.0f} images/s, precision {precision}, {achieved:.1f} TFLOP/s")
+    if peak:
+        mfu = achieved / peak
+        print(
+            f"         {mfu * 100:.1f} % of the {peak:g} TFLOP/s bf16 peak ({verdict(mfu, MFU_TARGET)})"
+        )
+    else:
+        print("         peak unknown for this device: pass --peak-tflops")
+    with tempfile.TemporaryDirectory(prefix="bench_gpu-") as tmp:
+        work = Path(tmp)
+        n = 40 if args.smoke else 2000
+        src = generate(
+            work / "photos", images=n, classes=10, width=96, height=72, workers=default_workers()
+        )
+        with local_ray():
+            # 40 smoke images in 10 classes need a test fraction of 0.25 (one per class).
+            common = dict(trials=trials, epochs=epochs, test_fraction=0.25 if args.smoke else 0.1)
+            t_one = packed_search(src, work, gpus=1.0, **common)
+            t_four = packed_search(src, work, gpus=0.25, **common)
+    per_hour = trials * epochs * 3600
+    ratio = t_one / t_four
+    print(
+        f"packing  1 per GPU {per_hour / t_one:.0f}, 4 per GPU {per_hour / t_four:.0f} trials x epochs per hour"
+    )
+    print(f"         ratio {ratio:.2f}x ({verdict(ratio, PACKING_TARGET)})")

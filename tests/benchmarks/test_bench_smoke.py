@@ -1,0 +1,62 @@
+"""Every benchmark of this change runs end to end at tiny sizes (so none rots)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))  # repo root: benchmarks/
+    monkeypatch.setenv("HPSEARCH_CACHE", str(tmp_path))  # never the user's cache
+
+    def load(name: str):
+        return importlib.import_module(f"benchmarks.{name}")
+
+    return load
+
+
+def run_smoke(bench, name: str, capsys: pytest.CaptureFixture, *extra: str) -> str:
+    bench(name).main(["--smoke", *extra])
+    return capsys.readouterr().out
+
+
+def test_bench_step_smoke(bench, capsys) -> None:
+    out = run_smoke(bench, "bench_step", capsys)
+    for line in ("machine", "AMX tiles", "fp32 eager", "default", "forced bf16", "ratio"):
+        assert line in out
+
+
+def test_bench_gpu_smoke(bench, capsys) -> None:
+    import torch
+
+    out = run_smoke(bench, "bench_gpu", capsys)
+    if torch.cuda.is_available():
+        assert "of the" in out or "peak unknown" in out
+        assert "packing" in out
+    else:
+        assert "no CUDA device" in out and "not measured" in out
+
+
+@pytest.mark.slow
+def test_bench_search_smoke(bench, capsys, ray_session) -> None:
+    out = run_smoke(bench, "bench_search", capsys, "--trials", "1")
+    for line in ("machine", "baseline ImageFolder+DataLoader", "hpsearch decode-once", "ratio"):
+        assert line in out
+
+
+@pytest.mark.slow
+def test_bench_overhead_smoke(bench, capsys, ray_session) -> None:
+    out = run_smoke(bench, "bench_overhead", capsys, "--trials", "1")
+    for line in ("machine", "own time", "wall", "overhead"):
+        assert line in out
+
+
+@pytest.mark.slow
+def test_bench_efficiency_smoke(bench, capsys, ray_session) -> None:
+    out = run_smoke(bench, "bench_efficiency", capsys, "--trials", "1")
+    for line in ("machine", "random   best", "TPE+ASHA best", "ratio"):
+        assert line in out
