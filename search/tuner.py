@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,14 @@ def start_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as e:
+            raise ExperimentError(
+                f"--address {address}: {e}. If the cluster uses token authentication (as "
+                "cluster.yaml's does), set RAY_AUTH_MODE=token and put its token in "
+                "~/.ray/auth_token"
+            ) from None
     else:
         # Trial output is not forwarded: errors land in each trial's error.txt and in
         # trials.parquet; the progress table is what the console shows.
@@ -307,7 +315,11 @@ def run(
     """Run a whole search. Returns (run_dir, tables, interrupted)."""
     run_dir, data = prepare_run(exp, name=name, progress=progress)
     _add_init_state(exp, data, run_dir)
-    owns_ray = start_ray(address)
+    try:
+        owns_ray = start_ray(address)
+    except ExperimentError:
+        shutil.rmtree(run_dir)  # nothing ran: the same --name works again once Ray is reachable
+        raise
     try:
         tables, interrupted = _fit_and_export(_tuner(exp, run_dir, data), exp, run_dir, data)
         if exp.kfold is not None and not interrupted:

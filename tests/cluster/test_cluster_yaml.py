@@ -1,0 +1,74 @@
+"""cluster.yaml: valid for Ray's autoscaler (`ray up` prepares and validates it the same way),
+closed to the world, and installing the project with the tested versions."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def test_validates_against_rays_autoscaler_schema(config):
+    pytest.importorskip("jsonschema")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(config))
+
+
+def test_a_cpu_head_and_autoscaling_gpu_workers(config):
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}  # trials never land on the head
+    (worker,) = (t for name, t in types.items() if name != config["head_node_type"])
+    assert worker["min_workers"] == 0 and worker["max_workers"] >= 1
+    assert worker["node_config"]["InstanceType"].startswith(("g", "p"))  # AWS GPU families
+
+
+def test_only_ssh_is_reachable_from_outside(config):
+    # With SecurityGroupIds on every node type Ray creates no group of its own (whose SSH rule
+    # would admit 0.0.0.0/0); the dashboard and the job server listen on 127.0.0.1 only.
+    for name, node_type in config["available_node_types"].items():
+        assert node_type["node_config"].get("SecurityGroupIds"), name
+    assert "0.0.0.0" not in yaml.safe_dump(config)
+    (start,) = [c for c in config["head_start_ray_commands"] if "ray start" in c]
+    assert "--dashboard-host=127.0.0.1" in start
+    assert "IpPermissions" not in config["provider"].get("security_group", {})
+
+
+def test_token_authentication_on_every_node(config):
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (start,) = [c for c in config[key] if "ray start" in c]
+        assert "RAY_AUTH_MODE=token" in start, key
+
+
+def test_installs_the_synced_working_copy_with_its_constraints(config):
+    (remote,) = [r for r, local in config["file_mounts"].items() if local == "."]
+    assert ".gitignore" in config["rsync_filter"]  # no .venv, runs/ or demo_data/ upload
+    assert any(
+        f"cd {remote}" in c and "pip install" in c and "-c constraints.txt -e ." in c
+        for c in config["setup_commands"]
+    )
+
+
+def test_ray_image_matches_the_pinned_ray(config):
+    constraints = (CLUSTER_YAML.parent / "constraints.txt").read_text()
+    (ray_pin,) = re.findall(r"^ray==(\S+)$", constraints, flags=re.M)
+    docker = config["docker"]
+    for image in (docker["image"], docker.get("head_image", docker["image"])):
+        assert image.startswith(f"rayproject/ray:{ray_pin}-py311"), image
+
+
+def test_results_go_to_shared_storage(config):
+    # Every node mounts the same storage; runs are started with --storage /mnt/shared/runs.
+    assert any("/mnt/shared" in c and "mount" in c for c in config["initialization_commands"])
+    assert "-v /mnt/shared:/mnt/shared" in config["docker"]["run_options"]
