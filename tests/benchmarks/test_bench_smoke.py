@@ -58,5 +58,15 @@ def test_bench_overhead_smoke(bench, capsys, ray_session) -> None:
 @pytest.mark.slow
 def test_bench_efficiency_smoke(bench, capsys, ray_session) -> None:
     out = run_smoke(bench, "bench_efficiency", capsys, "--trials", "1")
-    for line in ("machine", "random   best", "TPE+ASHA best", "ratio"):
+    for line in ("machine", "seed 0", "random best", "TPE+ASHA best", "ratio"):
         assert line in out
+
+
+def test_options_after_dashes_go_to_one_benchmark(bench, capsys) -> None:
+    runner = bench("__main__")
+    with pytest.raises(SystemExit) as exc:
+        runner.main(["bench_gpu", "--", "--help"])
+    assert exc.value.code == 0 and "--smoke" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        runner.main(["bench_gpu", "bench_step", "--", "--steps", "2"])
+    assert exc.value.code == 2 and "name exactly one" in capsys.readouterr().err

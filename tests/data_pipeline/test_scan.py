@@ -200,3 +200,38 @@ def test_symlink_loop_is_cut(tmp_path: Path, make_folder) -> None:
 def test_load_cache_of_incomplete_folder_says_to_prepare(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="hpsearch prepare"):
         load_cache(tmp_path)
+
+
+def test_image_extensions_are_image_folders() -> None:
+    """The copied list must stay torchvision's, or hpsearch and ImageFolder would disagree
+    on which files are images."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    assert scan_mod.IMG_EXTENSIONS == IMG_EXTENSIONS
+
+
+def test_extension_check_ignores_case(tmp_path: Path) -> None:
+    for name in ("0/a.JPG", "0/b.Png", "1/c.jpeg", "1/d.TIFF", "1/e.txt"):
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"x")
+    manifest = scan(tmp_path).set_index("path")
+    assert manifest.loc["1/e.txt", "reason"] == scan_mod.REASON_EXTENSION
+    assert (manifest.drop(index="1/e.txt")["reason"] == "").all()
+
+
+def test_scan_does_not_import_torchvision() -> None:
+    """`hpsearch run` with a built cache scans the folder; torchvision's import takes seconds."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tempfile, pathlib\n"
+        "from data_pipeline import scan\n"
+        "d = pathlib.Path(tempfile.mkdtemp())\n"
+        "for c in 'ab': (d / c).mkdir(); (d / c / 'x.png').write_bytes(b'x')\n"
+        "scan(d)\n"
+        "print('torchvision' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

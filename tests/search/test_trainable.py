@@ -65,3 +65,52 @@ def test_defaults_cover_every_optimizer():
 def test_worst_value_is_the_worst_for_the_mode():
     assert worst_value("max") == 0.0
     assert worst_value("min") == float("inf")
+
+
+def _trainer(monkeypatch=None, channels_last: bool | None = None):
+    import numpy as np
+
+    from search import trainable
+    from search.space import model_config
+
+    if channels_last is not None:
+        monkeypatch.setattr(trainable, "use_channels_last", lambda *a: channels_last)
+    rng = np.random.default_rng(0)
+    data = {
+        "images": rng.integers(0, 256, (48, 3, 16, 16), dtype=np.uint8),
+        "labels": np.arange(48) % 3,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.25, 0.25, 0.25),
+        "classes": ["a", "b", "c"],
+    }
+    config = {"arch": "FlatAlexNet", "width": 0.125, "mlp": "16", "optimizer": "sgd", "lr": 0.05}
+    settings = {"precision": "fp32", "seed": 0, "cpus": 1, "gpus": 0, "batch_size": 16}
+    settings["eval_batch_size"] = 16
+    cfg = model_config(config, image_size=16, num_classes=3)
+    return trainable.Trainer(
+        cfg, config, data, settings, train_idx=np.arange(32), val_idx=np.arange(32, 48)
+    )
+
+
+def test_fp32_on_the_cpu_trains_channels_last():
+    from search.trainable import use_channels_last
+
+    assert use_channels_last("fp32", "cpu") and use_channels_last("bf16", "cuda")
+    assert not use_channels_last("fp32", "cuda:0")
+    trainer = _trainer()
+    assert trainer.channels_last
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x, _ = next(iter(trainer.train_batches))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_changes_speed_not_results(monkeypatch):
+    """The same arithmetic in another memory layout: the same losses and weights to rounding."""
+    fast = _trainer(monkeypatch, channels_last=True)
+    plain = _trainer(monkeypatch, channels_last=False)
+    assert not plain.channels_last
+    a, b = fast.train_epoch(0), plain.train_epoch(0)
+    assert a["step_loss"] == pytest.approx(b["step_loss"], rel=1e-4)
+    for p, q in zip(fast.model.parameters(), plain.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
