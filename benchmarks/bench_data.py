@@ -13,6 +13,8 @@ images): about 0.3 s here whatever the loader, so 100x over an 8 s DataLoader ep
 reach on 2 cores; the target assumes the GPU path (uint8 images resident on the device, one
 cast and multiply-add per batch there), which this machine could not measure. A run taken
 while other engineers' Ray trials used both cores gave 0.73x and 18x: such numbers are noise.
+The `make bench` of 2026-11-26 13:04 (load 1.0): build 9.38 s vs 3.88 s, 2.42x; epoch 8.59 s vs
+0.33 s, 26.4x.
 
 What is compared, on one generated folder of photo-like 640x480 JPEGs in 10 classes:
 - one epoch of `Batches` over the cache vs one epoch of torchvision `ImageFolder` +

@@ -2,20 +2,27 @@
 
 Measured 2026-11-26, `python -m benchmarks bench_overhead`, on a 2-core AMD EPYC VM (no GPU),
 Ray 2.60, torch 2.14.1, 2 trials at a time:
-  16 trials x 5 epochs (28.7 s of training per trial; load 1.6 to 2.0): wall 247.6 s vs ideal
-  229.7 s: overhead 7.8 % (target <= 10 %: met)
-  6 trials x 4 epochs (23.1 s per trial; `-- --trials 6`, load 0.8 to 1.8): wall 86.8 s vs 69.3 s:
-  25.3 %: the same fixed cost of about 18 s over a third of the training
-Where the fixed ~18 s go (profiled from each trial's result.json and with cProfile): each of
-the 2 slots pays about 11 s once: Ray starting the trial actor (~3.5 s), then, before epoch 1,
-the trainable's imports: torch (2.6 s) and torchmetrics (4.5 s: its package import pulls in
-torchvision, torch._dynamo and scipy.signal). With `reuse_actors` (on) every later trial on
-the same actor starts 0.25 s after the previous one ended, and the per-epoch report and
+  16 trials x 9 epochs, 36.3 s of training per trial (in `make bench`, load 1.9; the epochs
+  ran slower side by side than the one-epoch calibration timed alone): wall 307.0 s vs ideal
+  290.5 s: overhead 5.7 % (target <= 10 %: met)
+  16 trials x 5 epochs, 28.7 s per trial (before channels-last fp32 on the CPU; load 1.6 to
+  2.0): wall 247.6 s vs 229.7 s: 7.8 %
+  6 trials x 4 epochs, 23.1 s per trial (`-- --trials 6`, before channels-last; load 0.8 to
+  1.8): wall 86.8 s vs 69.3 s: 25.3 %, the same fixed cost over a third of the training
+Where the fixed 16 to 18 s go (profiled from each trial's result.json and with cProfile): each
+of the 2 slots pays about 11 s once: Ray starting the trial actor (~3.5 s), then, before epoch
+1, the trainable's imports: torch (2.6 s), torch._dynamo (2 s; the first optimizer built
+imports it, torch's own doing) and what torchmetrics adds on top (2.5 s: torchvision and
+scipy.signal, imported by its package). With `reuse_actors` (on) every later trial on the
+same actor starts 0.25 s after the previous one ended, and the per-epoch report and
 checkpoint cost < 0.05 s. The driver adds ~2 s: Optuna's SQLite storage (1.8 s, SQLAlchemy),
 putting the data in the object store, the Parquet export. Scanning the image folder no longer
 imports torchvision (4.2 s in a fresh `hpsearch run` process). What is left is paid once per
 slot, so the overhead falls as the search grows (by arithmetic: 18 s is 10 % of 12 trials of
-30 s run 2 at a time); a 6-trial search pays a quarter.
+30 s run 2 at a time); a 6-trial search pays a quarter. Ray can preload modules into the
+workers it prestarts (`_system_config={"preload_python_modules": [...]}`): the first actors
+then start in 0.5 s instead of 8.8 s, but Ray prestarts one worker per CPU, each ~800 MB with
+torch and torchmetrics loaded, so it is not switched on.
 
 What is measured: `search.tuner.run` (16 trials by default) on the demo digits (`search.demo.write_digits`, 1,797
 images, cache built before the clock starts) with one fixed config (FlatAlexNet, width 0.5, at

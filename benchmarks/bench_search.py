@@ -1,17 +1,25 @@
 """Search throughput: hpsearch vs the Ray Tune tutorial way (ImageFolder + DataLoader per trial).
 
-Measured 2026-11-26, `python -m benchmarks bench_search`, on a 2-core AMD EPYC VM (no GPU;
-shared with other engineers' Ray runs: 1-minute load average 3.6 to 4.9), Ray 2.60, Optuna
-5.0, torch 2.14.1: 2000 JPEGs of 640x480 (10 classes) -> 64 px, 4 trials x 3 epochs per side.
-  baseline  ImageFolder + DataLoader in every trial: 321.5 s, 134 trials x epochs per hour
-  hpsearch  cache build + search: 108.2 s, 399 trials x epochs per hour (mean training epoch
-            13.7 s under that load; a later run reusing the cache opens it in 0.13 s)
-  ratio 2.97x (target >= 3x: NOT met, by 1 %)
-A second run at a load of 5.5 to 7.7 gave 347.5 s vs 189.1 s, 1.84x: hpsearch's training
-epoch doubled to 26.7 s under the other engineers' work, the baseline's decoding less so.
-Once the images are cached, hpsearch's wall is the model's own compute (12 epochs x 13.7 s / 2
-slots = 82 of the 108 s): the ratio grows for smaller models and shrinks for larger ones, and
-the baseline's JPEG decoding competes with training for the same 2 cores.
+Measured 2026-11-26, `python -m benchmarks bench_search` (in `make bench`), on a 2-core AMD EPYC
+VM (no GPU; 1-minute load average 1.7 at the start, 2.9 at the end), Ray 2.60, Optuna 5.0,
+torch 2.14.1: 2000 JPEGs of 640x480 (10 classes) -> 64 px, 4 trials x 3 epochs per side.
+  baseline  ImageFolder + DataLoader in every trial: 155.6 s, 278 trials x epochs per hour
+  hpsearch  cache build + search: 56.3 s, 767 trials x epochs per hour (mean training epoch
+            7.06 s; a later run reusing the cache opens it in 0.09 s)
+  ratio 2.76x (target >= 3x: NOT met, by 8 %)
+An earlier run the same hour gave 149.0 s vs 64.5 s, 2.31x (mean epoch 7.99 s). Before
+channels-last fp32 on the CPU (`search.trainable.use_channels_last`), hpsearch's epoch took
+9.65 s and the ratio was 1.75x (140.3 s vs 80.3 s); the earlier 2.97x was measured under a
+load of 3.6 to 4.9, which slowed the baseline's decoding more than hpsearch's training.
+Why not 3x on this CPU: once the images are cached, hpsearch's wall is the model's own compute
+(12 epochs x 7 s / 2 slots = 42 of the 56 s; the profile of an epoch is convolutions, forward
+and backward, at about half of one core's AVX2 peak), plus the start of each slot's trial
+actor (~11 s: torch, torch._dynamo and torchmetrics imports, the same on both sides) and the
+one-off cache build (~4 s). The baseline's extra cost is decoding and resizing the 640x480
+JPEGs again every epoch: (155.6 s - ~11 s start) / 6 epochs per slot = ~24 s per epoch, of
+which ~17 s is not training (bench_data: ImageFolder + DataLoader reads the 2,000 JPEGs in 8.6
+s with 2 workers). The ratio grows for smaller models and shrinks for larger ones; on a GPU, where the
+compute shrinks and the decoding does not, it should grow (not measured: no GPU).
 
 What is compared, on one generated folder of photo-like 640x480 JPEGs in 10 classes (bench_data's
 generator), with one Ray instance and the same trials on both sides:

@@ -106,6 +106,8 @@ def test_run_writes_every_table(ray_session, tmp_path, small_folder, cache_root,
     assert len(trials) == 3 and set(trials["status"]) == {"completed"}
     assert set(trials["arch"]) <= {"FlatAlexNet", "NarrowAlexNet"}
     assert (trials["epochs"] == 2).all() and (trials["params"] > 0).all()
+    # what each trial ran on: fp32 channels-last on a CPU without AMX (the test machines)
+    assert set(trials["device"]) == {"cpu"} and trials["channels_last"].all()
     assert len(epochs) == 6 and epochs["val_accuracy"].between(0, 1).all()
     # per-step losses: ceil(54 train images / 16) = 4 steps per epoch, numbered 1..8 per trial
     assert steps.groupby("trial_id")["step"].max().eq(8).all()
