@@ -145,7 +145,8 @@ def _trainable(exp: Experiment, data: dict[str, Any]):
 def _searcher(exp: Experiment, run_dir: Path):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from search.optuna_search import ResumableOptunaSearch
 
     s = exp.search
     with warnings.catch_warnings():
@@ -163,7 +164,7 @@ def _searcher(exp: Experiment, run_dir: Path):
         else:
             sampler = optuna.samplers.GridSampler(grid_points(s.space), seed=s.seed)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(run_dir / 'optuna.db').resolve()}")
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space=build_space(s.space, grid=s.algorithm == "grid"),
         metric=s.metric,
         mode=s.mode,
