@@ -15,6 +15,16 @@ import torch
 from benchmarks.bench_data import _cpu_model
 from data_pipeline.cache import default_workers
 
+# The small model both sides of bench_search and the packed trials of bench_gpu train:
+# FlatAlexNet width 0.25, one hidden layer of 64, SGD with the learning rate searched.
+SMALL_SPACE: dict[str, Any] = {
+    "arch": "FlatAlexNet",
+    "width": 0.25,
+    "mlp_layers": 1,
+    "mlp_width": 64,
+    "optimizer": {"sgd": {"lr": {"low": 0.003, "high": 0.1, "log": True}}},
+}
+
 
 def load_average() -> str:
     try:

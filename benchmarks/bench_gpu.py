@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks._common import experiment, header, local_ray, verdict
+from benchmarks._common import SMALL_SPACE, experiment, header, local_ray, verdict
 
 MFU_TARGET = 0.30
 PACKING_TARGET = 2.0
@@ -103,13 +103,7 @@ def packed_search(
             "algorithm": "tpe",
             "num_trials": trials,
             "max_concurrent": int(round(1 / gpus)),
-            "space": {
-                "arch": "FlatAlexNet",
-                "width": 0.25,
-                "mlp_layers": 1,
-                "mlp_width": 64,
-                "optimizer": {"sgd": {"lr": {"low": 0.003, "high": 0.1, "log": True}}},
-            },
+            "space": SMALL_SPACE,
         },
         scheduler={"type": "none"},
         train={"epochs": epochs, "batch_size": 64},

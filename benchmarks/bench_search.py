@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import experiment, header, load_average, local_ray, verdict
+from benchmarks._common import SMALL_SPACE, experiment, header, load_average, local_ray, verdict
 from benchmarks.bench_data import generate
 from data_pipeline import default_cache_root
 from data_pipeline.cache import default_workers
@@ -184,13 +184,7 @@ def run_hpsearch(
         search={
             "algorithm": "tpe",
             "num_trials": trials,
-            "space": {
-                "arch": "FlatAlexNet",
-                "width": 0.25,
-                "mlp_layers": 1,
-                "mlp_width": 64,
-                "optimizer": {"sgd": {"lr": {"low": 0.003, "high": 0.1, "log": True}}},
-            },
+            "space": SMALL_SPACE,
         },
         scheduler={"type": "none"},
         train={"epochs": epochs, "batch_size": 64},

@@ -19,11 +19,15 @@ logger = logging.getLogger(__name__)
 
 
 class ResumableOptunaSearch(OptunaSearch):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unknown_warned: set[str] = set()
+
     def _known(self, trial_id: str) -> bool:
         if trial_id in self._ot_trials or trial_id in self._completed_trials:
             return True
-        if trial_id not in getattr(self, "_unknown_warned", set()):
-            self._unknown_warned = getattr(self, "_unknown_warned", set()) | {trial_id}
+        if trial_id not in self._unknown_warned:
+            self._unknown_warned.add(trial_id)
             logger.warning(
                 "trial %s was restored, but the searcher's saved state predates it (a crash "
                 "between Ray Tune's two snapshots): it runs to its end and is exported; TPE "
