@@ -19,7 +19,7 @@ from analysis.confusion import (
     plot_confusion_matrix,
 )
 from analysis.curves import plot_accuracy_curves, plot_loss_curves, rolling_loss
-from analysis.kfold import box_stats, kfold_summary, plot_kfold
+from analysis.kfold import box_stats, format_kfold_summary, kfold_summary, plot_kfold
 from analysis.progress import (
     best_so_far,
     param_importances,
@@ -37,6 +37,7 @@ __all__ = [
     "box_stats",
     "confused_pairs",
     "confusion_matrix",
+    "format_kfold_summary",
     "format_report_result",
     "group_trials",
     "kfold_summary",

@@ -7,19 +7,21 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+# The run's format and its rules are rundir's; METRICS and check_mode are re-exported here.
+from rundir import (  # noqa: F401
+    METRICS,
+    TABLE_SOURCES,
+    best_column,
+    check_mode,
+    metric_mode,
+    rank_trials,
+)
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-# Where each table comes from, for messages that say how to get it.
-TABLE_SOURCES = {
-    "trials": "trials.parquet, written by `hpsearch run` and `hpsearch resume`",
-    "epochs": "epochs.parquet, written by `hpsearch run` and `hpsearch resume`",
-    "steps": "steps.parquet, written by `hpsearch run` and `hpsearch resume`",
-    "confusion": "confusion.parquet, written by `hpsearch run` and `hpsearch resume`",
-    "folds": "folds.parquet, written by `hpsearch kfold RUN_DIR`",
-}
-METRICS = ("val_accuracy", "val_macro_precision", "val_loss", "train_loss", "train_accuracy")
+default_mode = metric_mode  # the name the analysis modules use
 
 
 class MissingDataError(ValueError):
@@ -63,17 +65,6 @@ def import_optuna():
     return optuna
 
 
-def default_mode(metric: str) -> str:
-    """Losses are minimised, everything else maximised."""
-    return "min" if metric.endswith("loss") else "max"
-
-
-def check_mode(mode: str) -> str:
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-    return mode
-
-
 def pretty(name: str) -> str:
     """'val_macro_precision' -> 'validation macro precision'."""
     words = name.replace("_", " ").split()
@@ -85,11 +76,8 @@ def top_trials(
 ) -> pd.DataFrame:
     """The `k` trials with the best `best_<metric>` (the best epoch of each trial), best first.
     Trials without a value (infeasible, diverged, pending) are left out."""
-    col = f"best_{metric}"
-    require(trials, "trials", ["trial_id", col], what=f"ranking trials by {metric}")
-    mode = check_mode(mode or default_mode(metric))
-    ranked = trials[trials[col].notna()].sort_values(col, ascending=mode == "min", kind="stable")
-    return ranked.head(k).reset_index(drop=True)
+    require(trials, "trials", ["trial_id", best_column(metric)], what=f"ranking trials by {metric}")
+    return rank_trials(trials, metric, mode).head(k).reset_index(drop=True)
 
 
 def group_label(value: Any) -> str:

@@ -148,3 +148,15 @@ def plot_kfold(
     legend_outside(fig, handles, [pretty(m) for m in metrics], title="metric")
     fig.suptitle(title or "K-fold error estimates: score spread over the folds")
     return fig
+
+
+SUMMARY_SHOWN = (
+    "config_id", "split", "metric", "folds", "mean", "std", "median", "iqr", "whisker_low",
+    "whisker_high",
+)  # fmt: skip
+
+
+def format_kfold_summary(summary: pd.DataFrame) -> str:
+    """`kfold_summary`'s table as the console prints it (4 decimals)."""
+    shown = [c for c in SUMMARY_SHOWN if c in summary]
+    return summary[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +27,15 @@ from analysis.curves import plot_accuracy_curves, plot_loss_curves
 from analysis.kfold import kfold_summary, plot_kfold
 from analysis.progress import param_importances, plot_param_importances, plot_search_progress
 from analysis.run import Run, load_run
+from rundir import REPORT_DIR, atomic_write, write_text
+from search.dimensions import DIMENSIONS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+# The top-trials table: each search dimension's report column, in the table's order.
 SHOWN_COLUMNS = [
-    "trial_id", "status", "arch", "width", "mlp", "dropout", "batchnorm", "batch_size",
-    "optimizer", "lr", "momentum", "weight_decay", "model_strides", "model_kernels", "epochs",
+    "trial_id", "status", *(d.report for d in DIMENSIONS.values() if d.report), "epochs",
 ]  # fmt: skip
 TABLE_FILES = ("top_trials.csv", "top_trials.html", "kfold_summary.csv", "confused_pairs.csv")
 
@@ -215,7 +218,7 @@ def write_report(
 ) -> ReportResult:
     """Write the report of a run into `out` (default RUN_DIR/report/) and say what it holds."""
     run = load_run(run_dir)
-    out_dir = Path(out) if out is not None else run.path / "report"
+    out_dir = Path(out) if out is not None else run.path / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ReportResult(out_dir=out_dir, index_html=out_dir / "index.html")
     sections = _sections(run, window=window)
@@ -226,11 +229,11 @@ def write_report(
     if run.best_trial_id is not None:
         table = _top_table(run, top)
         csv, page = out_dir / "top_trials.csv", out_dir / "top_trials.html"
-        run.top_trials(top).to_csv(csv, index=False)  # every column, for a spreadsheet
-        page.write_text(
+        _write_csv(run.top_trials(top), csv)  # every column, for a spreadsheet
+        write_text(
+            page,
             f"<!doctype html><meta charset='utf-8'><title>top trials: {html.escape(run.name)}"
             f"</title><style>{_CSS}</style>{_table_html(table)}",
-            encoding="utf-8",
         )
         result.tables.update({csv.name: csv, page.name: page})
         body.append(f"<h2 id='top'>Top {len(table)} trials by {html.escape(run.metric)}</h2>")
@@ -247,10 +250,11 @@ def write_report(
         except Exception as e:  # noqa: BLE001 - one broken plot must not cost the others
             result.failed[s.title] = f"{type(e).__name__}: {e}"
             continue
-        png = out_dir / f"{s.slug}.png"
-        fig.savefig(png, dpi=dpi)
+        png, buf = out_dir / f"{s.slug}.png", io.BytesIO()
+        fig.savefig(buf, dpi=dpi, format="png")
+        atomic_write(png, buf.getvalue())
         result.plots[s.title] = png
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
         body.append(
             f"<section id='{s.slug}'><h2>{html.escape(s.title)}</h2>"
             f"<p class='caption'>{html.escape(s.caption)}</p>"
@@ -258,8 +262,12 @@ def write_report(
             f"{_extra_tables(run, s.slug, out_dir, result)}</section>"
         )
 
-    result.index_html.write_text(_page(run, body, result), encoding="utf-8")
+    write_text(result.index_html, _page(run, body, result))
     return result
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    write_text(path, df.to_csv(index=False))
 
 
 def _extra_tables(run: Run, slug: str, out_dir: Path, result: ReportResult) -> str:
@@ -267,7 +275,7 @@ def _extra_tables(run: Run, slug: str, out_dir: Path, result: ReportResult) -> s
         tid = _confusion_id(run)
         pairs = confused_pairs(run.confusion, tid, top=10)
         merges = merge_suggestions(run.confusion, tid, threshold=0.1)
-        pairs.to_csv(out_dir / "confused_pairs.csv", index=False)
+        _write_csv(pairs, out_dir / "confused_pairs.csv")
         result.tables["confused_pairs.csv"] = out_dir / "confused_pairs.csv"
         text = "<h3>Most-confused class pairs</h3>" + _table_html(pairs)
         if merges.empty:
@@ -282,7 +290,7 @@ def _extra_tables(run: Run, slug: str, out_dir: Path, result: ReportResult) -> s
         )  # fmt: skip
     if slug == "kfold":
         summary = kfold_summary(run.folds)
-        summary.to_csv(out_dir / "kfold_summary.csv", index=False)
+        _write_csv(summary, out_dir / "kfold_summary.csv")
         result.tables["kfold_summary.csv"] = out_dir / "kfold_summary.csv"
         return "<h3>Summary per config, split and metric</h3>" + _table_html(summary)
     return ""

@@ -12,36 +12,26 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from analysis._common import METRICS, check_mode, default_mode, import_optuna, top_trials
+from analysis._common import import_optuna, top_trials
+from rundir import (
+    EXPERIMENT_FILE,
+    FOLDS_FILE,
+    METRICS,
+    OPTUNA_DB,
+    TRIALS_FILE,
+    TUNE_STATE_GLOB,
+    best_column,
+    check_mode,
+    empty_frame,
+    metric_mode,
+    table_file,
+)
 
 if TYPE_CHECKING:
     import optuna
 
-# The columns each table always has (search/export.py), used for tables that are absent.
-TABLE_COLUMNS = {
-    "epochs": [
-        "trial_id",
-        "epoch",
-        "train_loss",
-        "train_accuracy",
-        "train_macro_precision",
-        "val_loss",
-        "val_accuracy",
-        "val_macro_precision",
-        "seconds",
-        "images_per_s",
-    ],
-    "steps": ["trial_id", "step", "epoch", "loss"],
-    "confusion": [
-        "trial_id",
-        "epoch",
-        "true_label",
-        "pred_label",
-        "true_class",
-        "pred_class",
-        "count",
-    ],
-}
+# Tables a run may lack (empty frames with the fixed columns then); trials.parquet is required.
+OPTIONAL_TABLES = ("epochs", "steps", "confusion")
 
 
 @dataclass(repr=False)
@@ -70,7 +60,7 @@ class Run:
     @property
     def mode(self) -> str:
         mode = (self.experiment.get("search") or {}).get("mode")
-        return check_mode(mode) if mode else default_mode(self.metric)
+        return check_mode(mode) if mode else metric_mode(self.metric)
 
     def top_trials(self, k: int = 10) -> pd.DataFrame:
         """The `k` best trials by the run's metric (the best epoch of each trial)."""
@@ -78,7 +68,7 @@ class Run:
 
     @property
     def best_trial_id(self) -> str | None:
-        col = f"best_{self.metric}"
+        col = best_column(self.metric)
         if self.trials.empty or col not in self.trials or self.trials[col].isna().all():
             return None
         return str(self.top_trials(1)["trial_id"].iloc[0])
@@ -86,7 +76,7 @@ class Run:
     def study(self) -> optuna.Study:
         """The run's Optuna study (optuna.db), e.g. for `param_importances`."""
         optuna = import_optuna()
-        db = self.path / "optuna.db"
+        db = self.path / OPTUNA_DB
         if not db.is_file():
             raise FileNotFoundError(
                 f"{self.path} has no optuna.db: the Optuna study is written by `hpsearch run`; "
@@ -120,12 +110,12 @@ def _not_a_run(path: Path) -> FileNotFoundError:
         return FileNotFoundError(f"{path} does not exist; expected a run directory")
     if not path.is_dir():
         return FileNotFoundError(f"{path} is not a directory; expected a run directory")
-    if any(path.glob("experiment_state-*.json")):
+    if any(path.glob(TUNE_STATE_GLOB)):
         return FileNotFoundError(
             f"{path} is a Ray Tune folder without trials.parquet: the tables are written at the "
             f"end of `hpsearch run`; write them with `hpsearch resume {path}`"
         )
-    runs = sorted(p.parent.name for p in path.glob("*/trials.parquet"))
+    runs = sorted(p.parent.name for p in path.glob(f"*/{TRIALS_FILE}"))
     if runs:
         listed = ", ".join(str(path / r) for r in runs[:5]) + (" ..." if len(runs) > 5 else "")
         return FileNotFoundError(
@@ -143,35 +133,34 @@ def load_run(path: str | Path) -> Run:
     import yaml
 
     path = Path(path)
-    if not (path / "trials.parquet").is_file():
+    if not (path / TRIALS_FILE).is_file():
         raise _not_a_run(path)
     experiment: dict[str, Any] = {}
-    if (path / "experiment.yaml").is_file():
-        loaded = yaml.safe_load((path / "experiment.yaml").read_text())
+    if (path / EXPERIMENT_FILE).is_file():
+        loaded = yaml.safe_load((path / EXPERIMENT_FILE).read_text())
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path / 'experiment.yaml'} is not a mapping of experiment fields")
+            raise ValueError(f"{path / EXPERIMENT_FILE} is not a mapping of experiment fields")
         experiment = loaded or {}
     metric = (experiment.get("search") or {}).get("metric")
     if metric is not None and metric not in METRICS:
         raise ValueError(
-            f"{path / 'experiment.yaml'}: search.metric {metric!r} is not one of "
-            f"{', '.join(METRICS)}"
+            f"{path / EXPERIMENT_FILE}: search.metric {metric!r} is not one of {', '.join(METRICS)}"
         )
     tables: dict[str, pd.DataFrame] = {}
     missing = []
-    for name, columns in TABLE_COLUMNS.items():
-        file = path / f"{name}.parquet"
+    for name in OPTIONAL_TABLES:
+        file = path / table_file(name)
         if file.is_file():
             tables[name] = pd.read_parquet(file)
         else:
             missing.append(file.name)
-            tables[name] = pd.DataFrame(columns=columns)
-    folds_file = path / "folds.parquet"
+            tables[name] = empty_frame(name)
+    folds_file = path / FOLDS_FILE
     folds = pd.read_parquet(folds_file) if folds_file.is_file() else None
     return Run(
         path=path,
         experiment=experiment,
-        trials=pd.read_parquet(path / "trials.parquet"),
+        trials=pd.read_parquet(path / TRIALS_FILE),
         folds=folds,
         missing=missing,
         **tables,
@@ -181,7 +170,7 @@ def load_run(path: str | Path) -> Run:
 def latest_run(storage: str | Path = "runs") -> Path:
     """The run directory under `storage` whose trials.parquet was written last."""
     storage = Path(storage)
-    found = list(storage.glob("*/trials.parquet"))
+    found = list(storage.glob(f"*/{TRIALS_FILE}"))
     if not found:
         raise FileNotFoundError(
             f"no run directory under {storage} (none has trials.parquet); "

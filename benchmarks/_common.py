@@ -73,13 +73,36 @@ def experiment(name: str, folder: Path, work: Path, **sections: dict[str, Any]):
 @contextlib.contextmanager
 def local_ray() -> Iterator[None]:
     """Use the Ray instance already running in this process, or start (and stop) one."""
-    from search.tuner import start_ray
+    from search.session import ray_session
 
-    owns = start_ray(None)
-    try:
+    with ray_session(None):
         yield
-    finally:
-        if owns:
-            import ray
 
-            ray.shutdown()
+
+def trial_data(images, labels, train_idx, val_idx, classes: int):
+    """Hand-made TrialData for a benchmark that times the Trainer on arrays of its own."""
+    import numpy as np
+
+    from search.inputs import TrialData
+
+    return TrialData(
+        images=images,
+        labels=labels,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        folds=np.full(len(labels), -1),
+        classes=tuple(str(c) for c in range(classes)),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+
+
+def trial_settings(**fields: Any):
+    """TrialSettings for timing the Trainer outside a search (`fields` override)."""
+    from search.inputs import TrialSettings
+
+    base = dict(
+        epochs=1, batch_size=64, eval_batch_size=64, precision="auto", seed=0, augment=False,
+        image_size=0, metric="val_accuracy", mode="max", cpus=1, gpus=0,
+    )  # fmt: skip
+    return TrialSettings(**{**base, **fields})

@@ -27,7 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks._common import SMALL_SPACE, experiment, header, local_ray, verdict
+from benchmarks._common import (
+    SMALL_SPACE,
+    experiment,
+    header,
+    local_ray,
+    trial_data,
+    trial_settings,
+    verdict,
+)
 
 MFU_TARGET = 0.30
 PACKING_TARGET = 2.0
@@ -60,29 +68,19 @@ def throughput(*, size: int, batch: int, images: int, arch: str) -> tuple[float,
     from search.trainable import Trainer
 
     rng = np.random.default_rng(0)
-    data = {
-        "images": rng.integers(0, 256, (images, 3, size, size), dtype=np.uint8),
-        "labels": rng.integers(0, 10, images).astype(np.int64),
-        "train_idx": np.arange(images),
-        "val_idx": np.arange(min(images, batch)),  # Trainer builds validation batches too
-        "mean": (0.5, 0.5, 0.5),
-        "std": (0.25, 0.25, 0.25),
-        "classes": [str(c) for c in range(10)],
-    }
+    data = trial_data(
+        rng.integers(0, 256, (images, 3, size, size), dtype=np.uint8),
+        rng.integers(0, 10, images).astype(np.int64),
+        np.arange(images),
+        np.arange(min(images, batch)),  # Trainer builds validation batches too
+        10,
+    )
     config = {"arch": arch, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9}
     cfg = model_config(config, image_size=size, num_classes=10)
-    settings = {
-        "precision": "auto",
-        "seed": 0,
-        "cpus": 4,
-        "gpus": 1,
-        "batch_size": batch,
-        "eval_batch_size": batch,
-        "augment": False,
-    }
-    trainer = Trainer(
-        cfg, config, data, settings, train_idx=data["train_idx"], val_idx=data["val_idx"]
+    settings = trial_settings(
+        precision="auto", cpus=4, gpus=1, batch_size=batch, eval_batch_size=batch
     )
+    trainer = Trainer(cfg, config, data, settings, train_idx=data.train_idx, val_idx=data.val_idx)
     trainer.train_epoch(0)  # warm-up: cuDNN autotuning, allocator
     torch.cuda.synchronize()
     result = trainer.train_epoch(1)  # ends with .cpu() of the losses: synchronised
@@ -92,7 +90,8 @@ def throughput(*, size: int, batch: int, images: int, arch: str) -> tuple[float,
 def packed_search(
     src: Path, work: Path, *, gpus: float, trials: int, epochs: int, test_fraction: float
 ) -> float:
-    from search.tuner import load_data, run
+    from search.inputs import load_data
+    from search.tuner import run
 
     exp = experiment(
         f"bench-gpu-{int(1 / gpus)}",

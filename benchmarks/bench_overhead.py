@@ -56,20 +56,20 @@ def epoch_seconds(exp, data) -> float:
     """One training + validation epoch of the fixed config, timed here with 1 thread."""
     import torch
 
+    from search.inputs import TrialSettings
     from search.space import model_config
     from search.trainable import Trainer
-    from search.tuner import trial_settings
 
     threads = torch.get_num_threads()
     config = {**CONFIG, "mlp": "128", "optimizer": "sgd", "lr": 0.01, "momentum": 0.9}
-    cfg = model_config(config, image_size=exp.data.image_size, num_classes=len(data["classes"]))
+    cfg = model_config(config, image_size=exp.data.image_size, num_classes=data.num_classes)
     trainer = Trainer(
         cfg,
         config,
         data,
-        trial_settings(exp),
-        train_idx=data["train_idx"],
-        val_idx=data["val_idx"],
+        TrialSettings.from_experiment(exp),
+        train_idx=data.train_idx,
+        val_idx=data.val_idx,
     )
     trainer.train_epoch(0)  # warm-up
     start = time.perf_counter()
@@ -81,7 +81,8 @@ def epoch_seconds(exp, data) -> float:
 
 def main(argv: list[str]) -> None:
     from search.demo import write_digits
-    from search.tuner import load_data, run
+    from search.inputs import load_data
+    from search.tuner import run
 
     p = argparse.ArgumentParser(
         prog="bench_overhead",

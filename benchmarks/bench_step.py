@@ -36,13 +36,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from benchmarks._common import header, load_average, verdict
+from benchmarks._common import header, load_average, trial_data, trial_settings, verdict
 from data_pipeline.cache import default_workers
+
+if TYPE_CHECKING:
+    from search.inputs import TrialData
 
 TARGET = 2.0
 
@@ -65,7 +70,7 @@ def learnable_images(n: int, size: int, classes: int, seed: int) -> tuple[np.nda
 def measure(
     precision: str,
     *,
-    data: dict,
+    data: TrialData,
     size: int,
     batch: int,
     arch: str,
@@ -78,7 +83,7 @@ def measure(
     from search import trainable
     from search.space import model_config
 
-    n_train = len(data["train_idx"])
+    n_train = len(data.train_idx)
     config = {
         "arch": arch,
         "width": width,
@@ -87,16 +92,10 @@ def measure(
         "momentum": 0.9,
         "batch_size": batch,
     }
-    cfg = model_config(config, image_size=size, num_classes=len(data["classes"]))
-    settings = {
-        "precision": precision,
-        "seed": 0,
-        "cpus": default_workers(),
-        "gpus": 0,
-        "batch_size": batch,
-        "eval_batch_size": 64,
-        "augment": False,
-    }
+    cfg = model_config(config, image_size=size, num_classes=data.num_classes)
+    settings = trial_settings(
+        precision=precision, cpus=default_workers(), gpus=0, batch_size=batch, eval_batch_size=64
+    )
     layout = (
         mock.patch.object(trainable, "use_channels_last", lambda *a: False)
         if plain
@@ -104,7 +103,7 @@ def measure(
     )
     with layout:
         trainer = trainable.Trainer(
-            cfg, config, data, settings, train_idx=data["train_idx"], val_idx=data["val_idx"]
+            cfg, config, data, settings, train_idx=data.train_idx, val_idx=data.val_idx
         )
     trainer.train_epoch(0)  # warm-up
     timed = trainer.train_epoch(1)
@@ -145,15 +144,7 @@ def main(argv: list[str]) -> None:
     print(f"cpu      AMX tiles: {'yes' if amx else 'no'}")
     images, labels = learnable_images(steps * batch + n_val, size, classes, seed=0)
     idx = np.arange(len(labels))
-    data = {
-        "images": images,
-        "labels": labels,
-        "train_idx": idx[: steps * batch],
-        "val_idx": idx[steps * batch :],
-        "mean": (0.5, 0.5, 0.5),
-        "std": (0.25, 0.25, 0.25),
-        "classes": [str(c) for c in range(classes)],
-    }
+    data = trial_data(images, labels, idx[: steps * batch], idx[steps * batch :], classes)
     rows = {}
     for label, precision in [("fp32 eager", "fp32"), ("default", "auto")]:
         r = measure(
@@ -177,7 +168,7 @@ def main(argv: list[str]) -> None:
     else:
         # Without fast bf16 kernels each step takes tens of seconds: time one step after one
         # warm-up step, enough to show why `auto` does not pick it; no accuracy.
-        one = {**data, "train_idx": data["train_idx"][:batch]}
+        one = dataclasses.replace(data, train_idx=data.train_idx[:batch])
         r = measure("bf16", data=one, size=size, batch=batch, arch=arch, width=width)
         rows["forced bf16"] = {**r, "accuracy": None}
         print(

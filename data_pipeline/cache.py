@@ -24,11 +24,9 @@ import multiprocessing
 import os
 import shutil
 import sys
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +34,7 @@ from tqdm import tqdm
 
 from data_pipeline.decode import decode_shard, split_error
 from data_pipeline.scan import OK, DatasetError
+from rundir import atomic_path, write_json, write_npy, write_parquet
 
 SHARD_SIZE = 64
 IMAGES = "images.npy"
@@ -52,25 +51,6 @@ def default_workers() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write `path` through a temporary file in the same folder, then rename it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
-
-
-def save_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 def pixel_sums(images: np.ndarray) -> np.ndarray:
@@ -104,8 +84,8 @@ def _shard_files(shard_dir: Path, start: int, stop: int) -> tuple[Path, Path]:
 def _build_shard(paths: list[str], image_size: int, npy: Path, info: Path) -> int:
     """Decode one shard and save it (errors and sums first; the .npy marks it done)."""
     images, errors = decode_shard(paths, image_size)
-    save_json(info, dict(errors=errors, sums=pixel_sums(images).tolist()))
-    save_npy(npy, images)
+    write_json(info, dict(errors=errors, sums=pixel_sums(images).tolist()), indent=1)
+    write_npy(npy, images)
     return len(paths)
 
 
@@ -182,7 +162,7 @@ def build_cache(
         sums.append(np.asarray(info["sums"], dtype=np.float64).reshape(-1, 2, 3))
     ok = np.array([e is None for e in errors], dtype=bool)
     _concatenate(shard_dir, shards, ok, cache_dir / IMAGES, image_size)
-    save_npy(cache_dir / PIXEL_SUMS, np.concatenate(sums)[ok] if sums else np.zeros((0, 2, 3)))
+    write_npy(cache_dir / PIXEL_SUMS, np.concatenate(sums)[ok] if sums else np.zeros((0, 2, 3)))
     rows = np.full(len(files), -1, dtype=np.int64)
     rows[ok] = np.arange(int(ok.sum()))
     reasons = [split_error(e) if e else ("", "") for e in errors]
@@ -194,7 +174,7 @@ def build_cache(
             detail=[d for _, d in reasons],
         )
     )
-    atomic_write(done, lambda f: decoded.to_parquet(f, index=False))
+    write_parquet(decoded, done)
     shutil.rmtree(shard_dir, ignore_errors=True)
     return decoded, todo
 
@@ -219,8 +199,7 @@ def _concatenate(
     """Write the decodable rows of all shards, in order, into one .npy (byte copies, no decode)."""
     shape = (int(ok.sum()), 3, image_size, image_size)
     row_bytes = 3 * image_size * image_size
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         if shape[0] == 0:
             with open(tmp, "wb") as f:
                 np.save(f, np.zeros(shape, dtype=np.uint8))
@@ -248,9 +227,6 @@ def _concatenate(
                                 length,
                             )
                             dst_pos += length
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True, eq=False)

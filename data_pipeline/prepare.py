@@ -26,13 +26,10 @@ from data_pipeline.cache import (
     META,
     PIXEL_SUMS,
     Cache,
-    atomic_write,
     build_cache,
     default_workers,
     load_cache,
     mean_std,
-    save_json,
-    save_npy,
 )
 from data_pipeline.scan import OK, SKIPPED, DatasetError, assign_labels, fingerprint, scan, slug
 from data_pipeline.split import (
@@ -43,6 +40,7 @@ from data_pipeline.split import (
     check_class_sizes,
     check_split_options,
 )
+from rundir import write_json, write_npy, write_parquet
 
 META_FORMAT = 1
 
@@ -214,11 +212,12 @@ def _write_split(cache_dir: Path, meta: dict, labels: np.ndarray, manifest: pd.D
         if old == meta:
             return False
     meta_file.unlink(missing_ok=True)  # the cache is incomplete until the new meta is written
-    save_npy(cache_dir / LABELS, labels)
-    atomic_write(cache_dir / MANIFEST, lambda f: manifest.to_parquet(f, index=False))
-    save_json(
+    write_npy(cache_dir / LABELS, labels)
+    write_parquet(manifest, cache_dir / MANIFEST)
+    write_json(
         meta_file,
-        dict(meta, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")),
+        dict(meta, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")),
+        indent=1,
     )
     return True
 

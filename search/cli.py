@@ -9,11 +9,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from search.errors import ExperimentError
+
 EXIT_BAD_INPUT = 2
 
 
 class UsageError(Exception):
-    """An error the user caused; the message says what to change."""
+    """An error the user caused; the message says what to change. (ExperimentError, raised
+    by the package, is handled the same way.)"""
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -55,49 +58,34 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _load(path: str, overrides: Sequence[str], data: str | None = None, storage: str | None = None):
-    from search.schema import ExperimentError, load_experiment
+    from search.experiment_files import resolve_experiment
+    from search.schema import load_experiment
 
     extra = list(overrides)
     if data:
         extra.append(f"data.folder={data}")
     if storage:
         extra.append(f"storage={storage}")
-    try:
-        return load_experiment(path, extra)
-    except ExperimentError as e:
-        raise UsageError(str(e)) from e
+    return load_experiment(resolve_experiment(path), extra)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from search.schema import ExperimentError
-    from search.space import check_space
-    from search.tuner import check_storage
+    from search.validate import check_experiment, format_validation
 
     exp = _load(args.file, args.set)
     try:
-        check_storage(exp.storage)
-        skipped = check_space(exp.search.space, image_size=exp.data.image_size, num_classes=2)
+        skipped = check_experiment(exp)
     except ExperimentError as e:
         raise UsageError(f"{args.file}: {e}") from e
-    s = exp.search
-    print(
-        f"{args.file}: ok. {exp.name}: {s.algorithm} over {s.num_trials} trials, metric {s.metric} ({s.mode}),"
-    )
-    print(
-        f"  scheduler {exp.scheduler.type}, {exp.train.epochs} epochs, image size {exp.data.image_size} px"
-    )
-    if skipped:
-        print(f"  {len(skipped)} architecture combination(s) are infeasible and will end at once:")
-        for reason in skipped:
-            print(f"    {reason}")
+    print(format_validation(exp, args.file, skipped))
     return 0
 
 
 def _finish(run_dir, tables, interrupted: bool, exp) -> int:
-    from search.tuner import format_best
+    from search.export import format_best
 
     print()
-    print(format_best(tables, exp))
+    print(format_best(tables["trials"], metric=exp.search.metric, mode=exp.search.mode))
     print(f"\nresults: {run_dir}  (trials/epochs/steps/confusion .parquet, optuna.db)")
     if interrupted:
         print(f"the search did not finish; continue it with: hpsearch resume {run_dir}")
@@ -106,13 +94,9 @@ def _finish(run_dir, tables, interrupted: bool, exp) -> int:
 
 
 def _run_search(exp, args: argparse.Namespace, *, report: bool = False) -> int:
-    from search.schema import ExperimentError
     from search.tuner import run
 
-    try:
-        run_dir, tables, interrupted = run(exp, name=args.name, address=args.address)
-    except ExperimentError as e:
-        raise UsageError(str(e)) from e
+    run_dir, tables, interrupted = run(exp, name=args.name, address=args.address)
     code = _finish(run_dir, tables, interrupted, exp)
     if report and not interrupted:
         from analysis import format_report_result, write_report
@@ -127,13 +111,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from search.schema import ExperimentError
     from search.tuner import resume
 
-    try:
-        run_dir, tables, interrupted = resume(args.run_dir, address=args.address)
-    except ExperimentError as e:
-        raise UsageError(str(e)) from e
+    run_dir, tables, interrupted = resume(args.run_dir, address=args.address)
     exp = _load(str(run_dir / "experiment.yaml"), [])
     return _finish(run_dir, tables, interrupted, exp)
 
@@ -148,37 +128,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_kfold(args: argparse.Namespace) -> int:
-    from analysis.kfold import kfold_summary
+    from analysis.kfold import format_kfold_summary, kfold_summary
     from search.kfold import run_kfold
-    from search.schema import ExperimentError
 
-    try:
-        folds, interrupted = run_kfold(
-            args.run_dir,
-            top=args.top,
-            k=args.k,
-            epochs=args.epochs,
-            trial_ids=args.trials or None,
-            address=args.address,
-        )
-    except ExperimentError as e:
-        raise UsageError(str(e)) from e
+    folds, interrupted = run_kfold(
+        args.run_dir,
+        top=args.top,
+        k=args.k,
+        epochs=args.epochs,
+        trial_ids=args.trials or None,
+        address=args.address,
+    )
     print(f"\nfolds: {len(folds)} rows in {args.run_dir}/folds.parquet")
     if len(folds):
-        summary = kfold_summary(folds)
-        shown = [
-            "config_id",
-            "split",
-            "metric",
-            "folds",
-            "mean",
-            "std",
-            "median",
-            "iqr",
-            "whisker_low",
-            "whisker_high",
-        ]
-        print(summary[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(format_kfold_summary(kfold_summary(folds)))
     if interrupted:
         print("the k-fold run did not finish; run the same command again to continue it")
         return 130
@@ -272,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_cmd_validate)
 
     r = sub.add_parser("run", help="run the search an experiment file describes")
-    r.add_argument("file", help="experiment YAML, e.g. experiments/demo.yaml")
+    r.add_argument("file", help="experiment YAML or packaged name, e.g. experiments/demo.yaml")
     r.add_argument("--data", default=None, help="image folder (overrides data.folder)")
     _add_run_options(r)
     r.set_defaults(func=_cmd_run)
@@ -317,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--out", default="demo_data/digits", help="where the digits folder goes")
     d.add_argument(
-        "--experiment", default=None, help="experiment file (default: experiments/demo.yaml)"
+        "--experiment",
+        default=None,
+        help="experiment file or packaged experiment name (default: the packaged demo)",
     )
     _add_run_options(d)
     d.set_defaults(func=_cmd_demo)
@@ -329,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as e:
+    except (UsageError, ExperimentError) as e:
         print(f"hpsearch {args.verb}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

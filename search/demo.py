@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEMO_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "demo.yaml"
+from search.experiment_files import packaged_path
+
+# The packaged demo experiment (package data of `experiments`, so it is found after a plain
+# `pip install` as well as in the repository).
+DEMO_EXPERIMENT: Path = packaged_path("demo")
 
 
 def write_digits(root: str | Path) -> Path:

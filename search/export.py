@@ -9,42 +9,34 @@ from __future__ import annotations
 import glob
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-TRIAL_PREFIX = "trial_"
-METRIC_COLUMNS = (
-    "train_loss",
-    "train_accuracy",
-    "train_macro_precision",
-    "val_loss",
-    "val_accuracy",
-    "val_macro_precision",
+from rundir import (
+    ERROR_FILE,
+    METRIC_COLUMNS,
+    PARAMS_FILE,
+    RESULT_FILE,
+    TRIAL_PREFIX,
+    TUNE_STATE_GLOB,
+    best_column,
+    best_value,
+    coerce,
+    empty_frame,
+    rank_trials,
+    table_file,
+    write_parquet,
 )
+
 _RESERVED = {"step_loss", "confusion", "config", "reason", "status"}
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _tune_statuses(run_dir: Path) -> dict[str, dict[str, Any]]:
+def tune_statuses(run_dir: Path) -> dict[str, dict[str, Any]]:
     """trial_id -> {'status', 'config'} from Ray Tune's newest experiment state file."""
     # The newest by the session time in the name: Tune may touch an older file on restore.
-    files = sorted(glob.glob(str(run_dir / "experiment_state-*.json")))
+    files = sorted(glob.glob(str(Path(run_dir) / TUNE_STATE_GLOB)))
     if not files:
         return {}
     try:
@@ -58,11 +50,11 @@ def _tune_statuses(run_dir: Path) -> dict[str, dict[str, Any]]:
         return {}  # an unknown state format: statuses then come from the results alone
 
 
-def _read_results(trial_dir: Path) -> list[dict[str, Any]]:
+def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     """The trial's reports in order. A trial that was restored from an older checkpoint, or
     restarted from scratch, reports some epochs again: the later report of an epoch replaces
     the earlier one and everything after it."""
-    path = trial_dir / "result.json"
+    path = Path(trial_dir) / RESULT_FILE
     if not path.exists():
         return []
     rows: list[dict[str, Any]] = []
@@ -81,8 +73,11 @@ def _read_results(trial_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# Private names search/kfold.py imports until it switches to the public ones.
+
+
 def _error_text(trial_dir: Path) -> str:
-    path = trial_dir / "error.txt"
+    path = trial_dir / ERROR_FILE
     if not path.exists():
         return ""
     lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
@@ -93,7 +88,7 @@ def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str
     """Build the four tables from a run directory. `epochs` is the experiment's budget per
     trial (to tell completed from early-stopped trials), `classes` the label names."""
     run_dir = Path(run_dir)
-    tune_state = _tune_statuses(run_dir)
+    tune_state = tune_statuses(run_dir)
     trial_rows, epoch_rows, step_rows, confusion_rows = [], [], [], []
     dirs = {p.name[len(TRIAL_PREFIX) :]: p for p in run_dir.glob(f"{TRIAL_PREFIX}*") if p.is_dir()}
     # A trial folder that Tune's newest state does not list was started after the last
@@ -101,10 +96,10 @@ def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str
     ids = set(tune_state) if tune_state else set(dirs)
     for trial_id in sorted(ids):
         trial_dir = dirs.get(trial_id)
-        results = _read_results(trial_dir) if trial_dir else []
+        results = read_results(trial_dir) if trial_dir else []
         config = {}
-        if trial_dir and (trial_dir / "params.json").exists():
-            config = json.loads((trial_dir / "params.json").read_text())
+        if trial_dir and (trial_dir / PARAMS_FILE).exists():
+            config = json.loads((trial_dir / PARAMS_FILE).read_text())
         config = config or tune_state.get(trial_id, {}).get("config", {})
         tune_status = tune_state.get(trial_id, {}).get("status")
         last = results[-1] if results else {}
@@ -171,29 +166,21 @@ def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str
         for m in METRIC_COLUMNS:
             values = [r[m] for r in measured if r.get(m) is not None and math.isfinite(r[m])]
             row[f"final_{m}"] = values[-1] if values else None
-            if values:
-                row[f"best_{m}"] = min(values) if m.endswith("loss") else max(values)
-            else:
-                row[f"best_{m}"] = None
+            row[best_column(m)] = best_value(values, m)
         row["seconds"] = last.get("time_total_s")
         row["start_timestamp"] = first.get("timestamp")
         row["end_timestamp"] = last.get("timestamp")
         row["error"] = last.get("reason") or error or None
         trial_rows.append(row)
 
-    def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
-        return pd.DataFrame(rows, columns=None if rows else columns)
+    def frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
+        return coerce(pd.DataFrame(rows), table) if rows else empty_frame(table)
 
     return {
-        "trials": frame(trial_rows, ["trial_id", "status", "error"]),
-        "epochs": frame(
-            epoch_rows, ["trial_id", "epoch", *METRIC_COLUMNS, "seconds", "images_per_s"]
-        ),
-        "steps": frame(step_rows, ["trial_id", "step", "epoch", "loss"]),
-        "confusion": frame(
-            confusion_rows,
-            ["trial_id", "epoch", "true_label", "pred_label", "true_class", "pred_class", "count"],
-        ),
+        "trials": frame(trial_rows, "trials"),
+        "epochs": frame(epoch_rows, "epochs"),
+        "steps": frame(step_rows, "steps"),
+        "confusion": frame(confusion_rows, "confusion"),
     }
 
 
@@ -202,7 +189,7 @@ def export_run(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[
     run_dir = Path(run_dir)
     tables = collect(run_dir, epochs=epochs, classes=classes)
     for name, df in tables.items():
-        write_parquet_atomic(df, run_dir / f"{name}.parquet")
+        write_parquet(df, run_dir / table_file(name))
     return tables
 
 
@@ -243,3 +230,23 @@ def library_versions() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return out
+
+
+def format_best(trials: pd.DataFrame, *, metric: str, mode: str, top: int = 5) -> str:
+    """The console summary of a trials table: counts by status and the best `top` trials."""
+    col = best_column(metric)
+    if trials.empty or col not in trials or trials[col].notna().sum() == 0:
+        return "no trial finished an epoch"
+    shown = [
+        c
+        for c in ["trial_id", "status", "arch", "optimizer", "lr", "epochs", col, "params"]
+        if c in trials
+    ]
+    best = rank_trials(trials, metric, mode).head(top)[shown]
+    counts = trials["status"].value_counts().to_dict()
+    lines = [
+        f"trials: {len(trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())})",
+        f"best {top} by {col}:",
+        best.to_string(index=False, float_format=lambda v: f"{v:.4g}"),
+    ]
+    return "\n".join(lines)

@@ -13,28 +13,27 @@ from typing import Any
 
 import pandas as pd
 
-from search.export import (
+from rundir import (
+    EXPERIMENT_FILE,
+    FOLDS_FILE,
+    KFOLD_DIR,
+    KFOLD_SPEC,
+    PARAMS_FILE,
+    TABLE_COLUMNS,
     TRIAL_PREFIX,
-    _read_results,
-    _tune_statuses,
-    write_atomic,
-    write_parquet_atomic,
+    TRIALS_FILE,
+    TUNER_FILE,
+    rank_trials,
+    write_json,
+    write_parquet,
 )
-from search.schema import Experiment, ExperimentError, load_experiment
-
-KFOLD_DIR = "kfold"
-FOLD_COLUMNS = [
-    "config_id",
-    "trial_id",
-    "fold",
-    "split",
-    "accuracy",
-    "macro_precision",
-    "loss",
-    "arch",
-    "label",
-    "epochs",
-]
+from search.errors import ExperimentError
+from search.export import read_results, tune_statuses
+from search.inputs import TrialData, TrialSettings, load_data
+from search.schema import Experiment, load_experiment
+from search.session import ray_session
+from search.tune_setup import restore_tuner, run_config, trainable, trial_dirname
+from search.warmup import with_init_state
 
 
 def select_configs(
@@ -42,10 +41,10 @@ def select_configs(
 ) -> dict[str, dict[str, Any]]:
     """source trial id -> its config: the named trials, or the `top` best by the run's metric
     (trials with the same config count once)."""
-    path = run_dir / "trials.parquet"
+    path = run_dir / TRIALS_FILE
     if not path.exists():
         raise ExperimentError(
-            f"{run_dir} has no trials.parquet: finish the search first (hpsearch resume {run_dir})"
+            f"{run_dir} has no {TRIALS_FILE}: finish the search first (hpsearch resume {run_dir})"
         )
     trials = pd.read_parquet(path)
     if trial_ids:
@@ -56,13 +55,11 @@ def select_configs(
             )
         chosen = list(trial_ids)
     else:
-        col = f"best_{exp.search.metric}"
-        ranked = trials[trials["status"].isin(["completed", "stopped"]) & trials[col].notna()]
-        ranked = ranked.sort_values(col, ascending=exp.search.mode == "min")
+        finished = trials[trials["status"].isin(["completed", "stopped"])]
+        ranked = rank_trials(finished, exp.search.metric, exp.search.mode)
         chosen, seen = [], set()
         for trial_id in ranked["trial_id"]:
-            config = _config(run_dir, trial_id)
-            key = json.dumps(config, sort_keys=True)
+            key = json.dumps(_config(run_dir, trial_id), sort_keys=True)
             if key not in seen:
                 seen.add(key)
                 chosen.append(trial_id)
@@ -76,7 +73,7 @@ def select_configs(
 
 
 def _config(run_dir: Path, trial_id: str) -> dict[str, Any]:
-    return json.loads((run_dir / f"{TRIAL_PREFIX}{trial_id}" / "params.json").read_text())
+    return json.loads((run_dir / f"{TRIAL_PREFIX}{trial_id}" / PARAMS_FILE).read_text())
 
 
 def _label(config: dict[str, Any]) -> str:
@@ -92,12 +89,12 @@ def collect_folds(
     """One row per finished fold trial and split (train = the training folds, evaluated after
     the last epoch; test = the held-out fold)."""
     rows = []
-    state = _tune_statuses(kfold_dir)
+    state = tune_statuses(kfold_dir)
     for trial_dir in sorted(kfold_dir.glob(f"{TRIAL_PREFIX}*")):
         trial_id = trial_dir.name[len(TRIAL_PREFIX) :]
         if state and trial_id not in state:
             continue
-        results = _read_results(trial_dir)
+        results = read_results(trial_dir)
         if (
             not results
             or results[-1].get("epoch") != epochs
@@ -105,7 +102,7 @@ def collect_folds(
         ):
             continue
         last = results[-1]
-        params = json.loads((trial_dir / "params.json").read_text())
+        params = json.loads((trial_dir / PARAMS_FILE).read_text())
         source = configs.get(params["config_id"], {})
         for split, prefix in (("train", "train_eval_"), ("test", "val_")):
             rows.append(
@@ -122,8 +119,45 @@ def collect_folds(
                     "epochs": last["epoch"],
                 }
             )
-    df = pd.DataFrame(rows, columns=FOLD_COLUMNS)
+    df = pd.DataFrame(rows, columns=TABLE_COLUMNS["folds"])
     return df.sort_values(["config_id", "fold", "split"], ignore_index=True)
+
+
+def _fold_spec(
+    kfold_dir: Path, *, k: int, epochs: int, trial_ids: list[str] | None
+) -> dict[str, Any] | None:
+    """The spec of an earlier k-fold run of this run directory, checked against the options."""
+    spec_path = kfold_dir / KFOLD_SPEC
+    if not spec_path.exists():
+        return None
+    spec = json.loads(spec_path.read_text())
+    asked = {"k": k, "epochs": epochs}
+    if {key: spec[key] for key in asked} != asked or (
+        trial_ids and sorted(trial_ids) != sorted(spec["configs"])
+    ):
+        raise ExperimentError(
+            f"{kfold_dir} holds a k-fold run with k={spec['k']}, epochs={spec['epochs']} of "
+            f"{sorted(spec['configs'])}; continue it with the same options, or delete {kfold_dir} to start over"
+        )
+    return spec
+
+
+def _new_tuner(exp: Experiment, run_dir: Path, fold_trainable, configs, k: int):
+    from ray import tune
+
+    return tune.Tuner(
+        fold_trainable,
+        param_space={
+            "config_id": tune.grid_search(list(configs)),
+            "fold": tune.grid_search(list(range(k))),
+        },
+        tune_config=tune.TuneConfig(
+            reuse_actors=True,
+            trial_name_creator=trial_dirname,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=run_config(exp, KFOLD_DIR, run_dir, reporter=False),
+    )
 
 
 def run_kfold(
@@ -138,97 +172,51 @@ def run_kfold(
 ) -> tuple[pd.DataFrame, bool]:
     """Re-train the chosen configs on k folds; write and return folds.parquet's table and
     whether it was interrupted."""
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
-    from search.tuner import load_data, start_ray, trial_dirname, trial_settings
-
     run_dir = Path(run_dir)
     if k < 2:
         raise ExperimentError(f"--k {k}: use at least 2 folds")
-    if not (run_dir / "experiment.yaml").exists():
-        raise ExperimentError(f"{run_dir} is not a run directory of hpsearch (no experiment.yaml)")
-    exp = load_experiment(run_dir / "experiment.yaml")
+    if not (run_dir / EXPERIMENT_FILE).exists():
+        raise ExperimentError(
+            f"{run_dir} is not a run directory of hpsearch (no {EXPERIMENT_FILE})"
+        )
+    exp = load_experiment(run_dir / EXPERIMENT_FILE)
     epochs = epochs or exp.train.epochs
     kfold_dir = run_dir / KFOLD_DIR
-    spec_path = kfold_dir / "kfold.json"
-    if spec_path.exists():
-        spec = json.loads(spec_path.read_text())
-        asked = {"k": k, "epochs": epochs}
-        if {key: spec[key] for key in asked} != asked or (
-            trial_ids and sorted(trial_ids) != sorted(spec["configs"])
-        ):
-            raise ExperimentError(
-                f"{kfold_dir} holds a k-fold run with k={spec['k']}, epochs={spec['epochs']} of "
-                f"{sorted(spec['configs'])}; continue it with the same options, or delete {kfold_dir} to start over"
-            )
-        configs = spec["configs"]
-    else:
-        configs = select_configs(run_dir, exp, top=top, trial_ids=trial_ids)
-    exp_k = exp.model_copy(update={"data": exp.data.model_copy(update={"folds": k})})
-    data = load_data(exp_k, progress=progress)
-    if exp.train.same_init is not None:
-        from search.warmup import warmup_weights
-
-        data["init_state"] = warmup_weights(exp, data, run_dir)  # the run's shared start
-    settings = {**trial_settings(exp), "epochs": epochs, "configs": configs}
-    owns_ray = start_ray(address)
-    try:
-        trainable = tune.with_resources(
-            tune.with_parameters(fold_trial, data=data, settings=settings),
-            {"cpu": exp.resources.cpus, "gpu": exp.resources.gpus},
-        )
-        if (kfold_dir / "tuner.pkl").exists():
-            tuner = tune.Tuner.restore(
-                str(kfold_dir.resolve()),
-                trainable=trainable,
-                resume_unfinished=True,
-                resume_errored=True,
-            )
+    spec = _fold_spec(kfold_dir, k=k, epochs=epochs, trial_ids=trial_ids)
+    configs = (
+        spec["configs"] if spec else select_configs(run_dir, exp, top=top, trial_ids=trial_ids)
+    )
+    # the run's shared start, as in the search
+    data = with_init_state(exp, load_data(exp, folds=k, progress=progress), run_dir)
+    settings = TrialSettings.from_experiment(exp, epochs=epochs)
+    interrupted = False
+    with ray_session(address):
+        fold_trainable = trainable(exp, fold_trial, data=data, settings=settings, configs=configs)
+        if (kfold_dir / TUNER_FILE).exists():
+            tuner = restore_tuner(kfold_dir, fold_trainable)
         else:
             kfold_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(
-                spec_path, json.dumps({"k": k, "epochs": epochs, "configs": configs}, indent=2)
-            )
-            tuner = tune.Tuner(
-                trainable,
-                param_space={
-                    "config_id": tune.grid_search(list(configs)),
-                    "fold": tune.grid_search(list(range(k))),
-                },
-                tune_config=tune.TuneConfig(
-                    reuse_actors=True,
-                    trial_name_creator=trial_dirname,
-                    trial_dirname_creator=trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=KFOLD_DIR,
-                    storage_path=str(run_dir.resolve()),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    failure_config=tune.FailureConfig(max_failures=exp.failure.max_retries),
-                    callbacks=[JsonLoggerCallback()],
-                    verbose=1,
-                ),
-            )
-        interrupted = False
+            write_json(kfold_dir / KFOLD_SPEC, {"k": k, "epochs": epochs, "configs": configs})
+            tuner = _new_tuner(exp, run_dir, fold_trainable, configs, k)
         try:
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
-    finally:
-        if owns_ray:
-            import ray
-
-            ray.shutdown()
     folds = collect_folds(kfold_dir, epochs=epochs, configs=configs)
-    write_parquet_atomic(folds, run_dir / "folds.parquet")
+    write_parquet(folds, run_dir / FOLDS_FILE)
     interrupted = interrupted or len(folds) < 2 * k * len(configs)
     return folds, interrupted
 
 
-def fold_trial(config: dict[str, Any], *, data: dict[str, Any], settings: dict[str, Any]) -> None:
+def fold_trial(
+    config: dict[str, Any],
+    *,
+    data: TrialData,
+    settings: TrialSettings,
+    configs: dict[str, dict[str, Any]],
+) -> None:
     """One (config, fold) pair: the source trial's config trained on the other folds."""
     from search.trainable import train_trial
 
-    source = settings["configs"][config["config_id"]]
+    source = configs[config["config_id"]]
     train_trial({**source, "fold": config["fold"]}, data=data, settings=settings)

@@ -2,258 +2,87 @@
 
 Unknown keys are errors, every error names its field path, and `--set a.b=c` overrides are
 applied to the raw document before validation, so they are checked like the file itself.
-A search dimension is written one of three ways:
-
-    dropout: 0.25                        # fixed
-    dropout: [0.0, 0.25, 0.5]            # choices
-    dropout: {low: 0.0, high: 0.5}       # range; add `log: true` for a log scale, `step:` to grid it
-
-Per-layer dimensions (`strides`, `kernels`) take one value per conv layer: `[4, 1, 1]` fixes
-them, `[[4, 1, 1], [2, 1, 1]]` lists choices.
+`search.space` is built from the dimension table (`search.dimensions`): each dimension is a
+field holding its typed domain (`Fixed`, `Choices`, `Range`), written back in its YAML form.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-METRICS = ("val_accuracy", "val_macro_precision", "val_loss", "train_loss", "train_accuracy")
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
+from rundir import METRICS
+from search.dimensions import OPTIMIZER, OPTIMIZER_PARAMS, OPTIMIZERS, SPACE_DIMENSIONS, Dimension
+from search.errors import ExperimentError
+from search.space import grid_points, varying_architecture_dims
 
-
-class ExperimentError(ValueError):
-    """An experiment file or override is invalid; the message lists each field and what to change."""
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def check_dim(value: Any, kind: str) -> Any:
-    """Validate one search dimension of `kind` ('float', 'int', 'bool', 'str', 'layers').
-
-    Returns the value in its canonical plain-data form (fixed value, list of choices, or a
-    range dict). Raises ValueError saying which forms are allowed.
-    """
-    forms = {
-        "float": "a number, a list of numbers, or {low, high, log?, step?}",
-        "int": "an integer, a list of integers, or {low, high, log?, step?}",
-        "bool": "true, false or [true, false]",
-        "str": "a name or a list of names",
-        "layers": "one value per conv layer, e.g. [4, 1, 1], or a list of such lists",
-    }[kind]
-
-    def scalar_ok(v: Any) -> bool:
-        if kind == "float":
-            return _is_num(v) and math.isfinite(v)
-        if kind == "int":
-            return isinstance(v, int) and not isinstance(v, bool)
-        if kind == "bool":
-            return isinstance(v, bool)
-        if kind == "str":
-            return isinstance(v, str) and v != ""
-        return (
-            isinstance(v, list)
-            and len(v) > 0
-            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
-        )
-
-    if isinstance(value, dict):
-        if kind not in ("float", "int"):
-            raise ValueError(f"a range is not allowed here; expected {forms}")
-        unknown = set(value) - {"low", "high", "log", "step"}
-        if unknown:
-            raise ValueError(
-                f"unknown range key(s) {sorted(unknown)}; a range has low, high, log, step"
-            )
-        if "low" not in value or "high" not in value:
-            raise ValueError("a range needs both low and high")
-        low, high = value["low"], value["high"]
-        if not (scalar_ok(low) and scalar_ok(high)):
-            raise ValueError(f"low and high must be {'integers' if kind == 'int' else 'numbers'}")
-        if not low < high:
-            raise ValueError(f"low ({low}) must be below high ({high})")
-        log = value.get("log", False)
-        if not isinstance(log, bool):
-            raise ValueError("log must be true or false")
-        if log and low <= 0:
-            raise ValueError(f"a log range needs low > 0, got {low}")
-        step = value.get("step")
-        if step is not None and (not _is_num(step) or step <= 0 or (log and step is not None)):
-            raise ValueError("step must be a positive number and cannot be combined with log")
-        return {"low": low, "high": high, "log": log, **({"step": step} if step else {})}
-    if kind == "layers":
-        if scalar_ok(value):
-            return list(value)
-        if isinstance(value, list) and value and all(scalar_ok(v) for v in value):
-            return [list(v) for v in value]
-        raise ValueError(f"expected {forms} (every value an integer >= 1)")
-    if isinstance(value, list):
-        if not value:
-            raise ValueError(f"an empty list of choices; expected {forms}")
-        bad = [v for v in value if not scalar_ok(v)]
-        if bad:
-            raise ValueError(f"invalid choice(s) {bad}; expected {forms}")
-        return list(value)
-    if scalar_ok(value):
-        return value
-    raise ValueError(f"got {value!r}; expected {forms}")
-
-
-def dim_values(value: Any, kind: str) -> list[Any] | None:
-    """The finite list of values a canonical dimension can take, or None for a continuous range."""
-    if isinstance(value, dict):
-        if "step" not in value:
-            return None
-        n = int(round((value["high"] - value["low"]) / value["step"]))
-        vals = [value["low"] + i * value["step"] for i in range(n + 1)]
-        return [int(v) for v in vals] if kind == "int" else vals
-    if kind == "layers":
-        return [value] if isinstance(value[0], int) else list(value)
-    return list(value) if isinstance(value, list) else [value]
-
-
-ARCHITECTURE_DIMS = {
-    "arch": "str",
-    "width": "float",
-    "strides": "layers",
-    "kernels": "layers",
-    "mlp_layers": "int",
-    "mlp_width": "int",
-    "batchnorm": "bool",
-}
-
-
-def varying_architecture_dims(space: Any) -> list[str]:
-    """The dimensions that change the weights' shapes and are not fixed to one value."""
-    out = []
-    for name, kind in ARCHITECTURE_DIMS.items():
-        value = getattr(space, name)
-        if value is None or (name == "mlp_width" and space.mlp_layers in (None, 0, [0])):
-            continue
-        values = dim_values(value, kind)
-        if values is None or len(values) > 1:
-            out.append(name)
-    return out
+__all__ = ["Experiment", "ExperimentError", "SearchSpace", "apply_overrides", "load_experiment"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-class OptimizerSpace(_Strict):
-    """Conditional parameters of one optimizer (each a search dimension)."""
-
-    lr: Any = None  # default: sgd 0.01, adam/rmsprop 0.001
-    momentum: Any = None  # sgd and rmsprop only; default: sgd 0.9, rmsprop 0.0
-    weight_decay: Any = 0.0
-
-    @field_validator("lr", "momentum", "weight_decay")
-    @classmethod
-    def _dim(cls, v: Any) -> Any:
-        return v if v is None else check_dim(v, "float")
+def _to_data(domain: Any) -> Any:
+    return None if domain is None else domain.to_data()
 
 
-class SearchSpace(_Strict):
-    """What the sampler may change. A dimension left out keeps the preset's value."""
+def _dimension_field(dim: Dimension) -> tuple[Any, Any]:
+    typ = Annotated[Any, BeforeValidator(dim.parse), PlainSerializer(_to_data)]
+    return typ, Field(default=dim.default, description=dim.help)
 
-    arch: Any = "FlatAlexNet"  # preset name(s), see `hpsearch models`
-    width: Any = 1.0  # multiplier of every conv layer's channels
-    strides: Any = None  # per conv layer
-    kernels: Any = None  # per conv layer
-    mlp_layers: Any = None  # hidden layers of the classifier, 0-4
-    mlp_width: Any = Field(default_factory=lambda: {"low": 64, "high": 4096, "log": True})
-    dropout: Any = None
-    batchnorm: Any = None
-    batch_size: Any = None  # default: train.batch_size
-    optimizer: dict[Literal["sgd", "adam", "rmsprop"], OptimizerSpace] = Field(
-        default_factory=lambda: {"sgd": OptimizerSpace()}
-    )
 
-    @field_validator("arch")
-    @classmethod
-    def _arch(cls, v: Any) -> Any:
-        from models import list_models
+# Conditional parameters of one optimizer (each a search dimension; left out: its default).
+OptimizerSpace = create_model(
+    "OptimizerSpace",
+    __base__=_Strict,
+    __module__=__name__,
+    **{d.name: _dimension_field(d) for d in OPTIMIZER_PARAMS},
+)
 
-        v = check_dim(v, "str")
-        unknown = [a for a in (v if isinstance(v, list) else [v]) if a not in list_models()]
-        if unknown:
-            raise ValueError(f"unknown preset(s) {unknown}; allowed: {list_models()}")
-        return v
 
-    @field_validator("width")
-    @classmethod
-    def _width(cls, v: Any) -> Any:
-        v = check_dim(v, "float")
-        lows = [v["low"]] if isinstance(v, dict) else (v if isinstance(v, list) else [v])
-        if min(lows) <= 0:
-            raise ValueError("width multipliers must be > 0")
-        return v
+def _optimizer_form(cls, v: Any) -> Any:
+    # `optimizer: adam` or `optimizer: [sgd, adam]` mean: those, with default parameters.
+    if isinstance(v, str):
+        v = [v]
+    if isinstance(v, list):
+        OPTIMIZER.parse(v)  # names the unknown ones
+        v = {o: {} for o in v}
+    if isinstance(v, dict):
+        if not v:
+            raise ValueError(f"name at least one optimizer of {list(OPTIMIZERS)}")
+        v = {k: ({} if p is None else p) for k, p in v.items()}
+    return v
 
-    @field_validator("strides", "kernels")
-    @classmethod
-    def _layers(cls, v: Any) -> Any:
-        return v if v is None else check_dim(v, "layers")
 
-    @field_validator("mlp_layers")
-    @classmethod
-    def _mlp_layers(cls, v: Any) -> Any:
-        if v is None:
-            return v
-        v = check_dim(v, "int")
-        vals = [v["low"], v["high"]] if isinstance(v, dict) else (v if isinstance(v, list) else [v])
-        if min(vals) < 0 or max(vals) > 4:
-            raise ValueError(f"hidden layers must be between 0 and 4, got {vals}")
-        return v
-
-    @field_validator("mlp_width", "batch_size")
-    @classmethod
-    def _positive_int(cls, v: Any) -> Any:
-        if v is None:
-            return v
-        v = check_dim(v, "int")
-        vals = [v["low"]] if isinstance(v, dict) else (v if isinstance(v, list) else [v])
-        if min(vals) < 1:
-            raise ValueError("must be >= 1")
-        return v
-
-    @field_validator("dropout")
-    @classmethod
-    def _dropout(cls, v: Any) -> Any:
-        if v is None:
-            return v
-        v = check_dim(v, "float")
-        vals = [v["low"], v["high"]] if isinstance(v, dict) else (v if isinstance(v, list) else [v])
-        if min(vals) < 0 or max(vals) >= 1:
-            raise ValueError(f"dropout p must be in [0, 1), got {vals}")
-        return v
-
-    @field_validator("batchnorm")
-    @classmethod
-    def _bool(cls, v: Any) -> Any:
-        return v if v is None else check_dim(v, "bool")
-
-    @field_validator("optimizer", mode="before")
-    @classmethod
-    def _optimizer(cls, v: Any) -> Any:
-        # `optimizer: adam` or `optimizer: [sgd, adam]` mean: those, with default parameters.
-        if isinstance(v, str):
-            v = [v]
-        if isinstance(v, list):
-            bad = [o for o in v if o not in OPTIMIZERS]
-            if bad:
-                raise ValueError(f"unknown optimizer(s) {bad}; allowed: {list(OPTIMIZERS)}")
-            v = {o: {} for o in v}
-        if isinstance(v, dict):
-            if not v:
-                raise ValueError(f"name at least one optimizer of {list(OPTIMIZERS)}")
-            v = {k: ({} if p is None else p) for k, p in v.items()}
-        return v
+# What the sampler may change. A dimension left out keeps the preset's value.
+SearchSpace = create_model(
+    "SearchSpace",
+    __base__=_Strict,
+    __module__=__name__,
+    __validators__={
+        "_optimizer_form": field_validator("optimizer", mode="before")(_optimizer_form)
+    },
+    **{d.name: _dimension_field(d) for d in SPACE_DIMENSIONS},
+    optimizer=(
+        dict[Literal[OPTIMIZERS], OptimizerSpace],  # type: ignore[valid-type]
+        Field(default_factory=lambda: {"sgd": OptimizerSpace()}, description=OPTIMIZER.help),
+    ),
+)
 
 
 class DataSection(_Strict):
@@ -351,8 +180,6 @@ class Experiment(_Strict):
     @model_validator(mode="after")
     def _grid(self) -> Experiment:
         if self.search.algorithm == "grid":
-            from search.space import grid_points
-
             grid_points(self.search.space)  # raises if a dimension is a continuous range
         if self.train.same_init is not None:
             varying = varying_architecture_dims(self.search.space)
@@ -410,7 +237,9 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experime
     try:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ExperimentError(f"{path}: no such experiment file") from None
+        from search.experiment_files import packaged_names_hint
+
+        raise ExperimentError(f"{path}: no such experiment file; {packaged_names_hint()}") from None
     except yaml.YAMLError as e:
         raise ExperimentError(f"{path}: not valid YAML: {e}") from None
     if doc is None:

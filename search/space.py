@@ -1,65 +1,47 @@
-"""The Optuna define-by-run search space built from an experiment, and its inverse: turning a
-trial's config back into a model config.
+"""The search space of an experiment, read off the dimension table: Optuna's define-by-run
+function, the grid, the feasibility check, and the way back from a trial's config to a model.
 
-A trial's config is flat plain data (Ray stores it as JSON): `arch`, `width`, `strides`,
-`kernels`, `mlp` (per-layer values written "4-1-1", "" for no hidden layer), `dropout`,
-`batchnorm`, `batch_size`, `optimizer`, `lr`, `momentum`, `weight_decay`, plus the raw names
-Optuna sampled (`mlp_layers`, `mlp_width_0`, `sgd_lr`, ...). A dimension the experiment leaves
-out is absent, and the preset's own value applies.
+A trial's config is flat plain data (Ray stores it as JSON): one key per dimension
+(`Dimension.key`: `arch`, `width`, `strides`, `kernels`, `mlp` ("4-1-1", "" for no hidden
+layer), `dropout`, `batchnorm`, `batch_size`, `optimizer`, `lr`, `momentum`, `weight_decay`).
+Optuna's own parameter names add the raw per-layer and per-optimizer ones (`mlp_layers`,
+`mlp_width_0`, `sgd_lr`, ...). A dimension the experiment leaves out is absent, and the
+preset's own value applies.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from search.schema import ExperimentError, SearchSpace, dim_values
+from search.dimensions import (
+    DIMENSIONS,
+    OPTIMIZER,
+    OPTIMIZER_PARAMS,
+    SPACE_DIMENSIONS,
+    Choices,
+    Dimension,
+    Domain,
+    encode_layers,
+)
+from search.errors import ExperimentError
 
-OPTIMIZER_DEFAULTS = {
-    "sgd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0},
-    "adam": {"lr": 1e-3, "momentum": None, "weight_decay": 0.0},
-    "rmsprop": {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0},
-}
-_KINDS = {
-    "arch": "str",
-    "width": "float",
-    "strides": "layers",
-    "kernels": "layers",
-    "mlp_layers": "int",
-    "dropout": "float",
-    "batchnorm": "bool",
-    "batch_size": "int",
-}
+if TYPE_CHECKING:
+    from models import ConvNetConfig
+    from search.schema import SearchSpace
 
 
-def encode_layers(values: list[int] | tuple[int, ...]) -> str:
-    return "-".join(str(int(v)) for v in values)
+def _sampled(space: SearchSpace) -> Iterator[tuple[Dimension, Domain]]:
+    """The dimensions under search.space that the experiment sets, in table order."""
+    for dim in SPACE_DIMENSIONS:
+        domain = getattr(space, dim.name)
+        if domain is not None:
+            yield dim, domain
 
 
-def decode_layers(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split("-")) if text else ()
-
-
-def _categorical_form(value: Any, kind: str) -> Any:
-    # Optuna's categorical choices must be scalars: per-layer lists travel as "4-1-1".
-    return encode_layers(value) if kind == "layers" else value
-
-
-def suggest(trial: Any, name: str, value: Any, kind: str, *, grid: bool = False) -> Any:
-    """Draw one dimension: fixed values are returned as they are, not sampled."""
-    values = dim_values(value, kind)
-    if values is not None and len(values) == 1:
-        return _categorical_form(values[0], kind)
-    if values is not None and (grid or not isinstance(value, dict)):
-        return trial.suggest_categorical(name, [_categorical_form(v, kind) for v in values])
-    if kind == "int":
-        return trial.suggest_int(
-            name, value["low"], value["high"], log=value["log"], step=value.get("step", 1)
-        )
-    return trial.suggest_float(
-        name, value["low"], value["high"], log=value["log"], step=value.get("step")
-    )
+def _optimizers(space: SearchSpace) -> Choices:
+    return Choices(tuple(space.optimizer))
 
 
 class DefineSpace:
@@ -72,34 +54,37 @@ class DefineSpace:
     def __call__(self, trial: Any) -> dict[str, Any]:
         space, grid = self.space, self.grid
         out: dict[str, Any] = {}
-        for name, kind in _KINDS.items():
-            value = getattr(space, name)
-            if value is None or name == "mlp_layers":
-                continue
-            out[name] = suggest(trial, name, value, kind, grid=grid)
-        if space.mlp_layers is not None:
-            depth = suggest(trial, "mlp_layers", space.mlp_layers, "int", grid=grid)
-            widths = [
-                suggest(trial, f"mlp_width_{i}", space.mlp_width, "int", grid=grid)
+        depths = []
+        for dim, domain in _sampled(space):
+            if dim.widths:
+                depths.append((dim, domain))  # drawn after the rest, then one width per layer
+            elif not dim.width_of:
+                out[dim.key] = domain.suggest(trial, dim.name, dim.kind, grid=grid)
+        for dim, domain in depths:
+            width = DIMENSIONS[dim.widths]
+            depth = domain.suggest(trial, dim.name, dim.kind, grid=grid)
+            out[dim.key] = encode_layers(
+                getattr(space, width.name).suggest(
+                    trial, f"{width.name}_{i}", width.kind, grid=grid
+                )
                 for i in range(depth)
-            ]
-            out["mlp"] = encode_layers(widths)
-        opt = suggest(trial, "optimizer", list(space.optimizer), "str", grid=grid)
-        out["optimizer"] = opt
+            )
+        opt = _optimizers(space).suggest(trial, OPTIMIZER.name, OPTIMIZER.kind, grid=grid)
+        out[OPTIMIZER.key] = opt
         params = space.optimizer[opt]
-        for pname, default in OPTIMIZER_DEFAULTS[opt].items():
-            value = getattr(params, pname)
-            if pname == "momentum" and opt == "adam":
-                continue  # Adam has betas, not momentum
-            out[pname] = (
-                default
-                if value is None
-                else suggest(trial, f"{opt}_{pname}", value, "float", grid=grid)
+        for dim in OPTIMIZER_PARAMS:
+            if opt not in dim.per_optimizer:
+                continue  # e.g. Adam has betas, not momentum
+            domain = getattr(params, dim.name)
+            out[dim.key] = (
+                dim.per_optimizer[opt]
+                if domain is None
+                else domain.suggest(trial, f"{opt}_{dim.name}", dim.kind, grid=grid)
             )
         return out
 
 
-def build_space(space: SearchSpace, *, grid: bool = False) -> Callable[[Any], dict[str, Any]]:
+def build_space(space: SearchSpace, *, grid: bool = False) -> DefineSpace:
     return DefineSpace(space, grid=grid)
 
 
@@ -108,53 +93,83 @@ def grid_points(space: SearchSpace) -> dict[str, list[Any]]:
     continuous range (give it a `step` or list the values)."""
     points: dict[str, list[Any]] = {}
 
-    def add(name: str, value: Any, kind: str) -> None:
-        values = dim_values(value, kind)
+    def add(name: str, domain: Domain, dim: Dimension) -> list[Any]:
+        values = domain.values()
         if values is None:
             raise ValueError(
                 f"search.space.{name}: a grid search needs listed values or a range with `step`"
             )
         if len(values) > 1:
-            points[name] = [_categorical_form(v, kind) for v in values]
+            points[name] = [dim.kind.categorical(v) for v in values]
+        return values
 
-    for name, kind in _KINDS.items():
-        if getattr(space, name) is not None:
-            add(name, getattr(space, name), kind)
-    if space.mlp_layers is not None:
-        depths = dim_values(space.mlp_layers, "int")
-        if depths is None:
-            raise ValueError("search.space.mlp_layers: a grid search needs listed values")
-        if max(depths) > 0:
-            for i in range(max(depths)):
-                add(f"mlp_width_{i}", space.mlp_width, "int")
+    for dim, domain in _sampled(space):
+        if dim.width_of:
+            continue
+        values = add(dim.name, domain, dim)
+        if dim.widths and max(values) > 0:
+            width = DIMENSIONS[dim.widths]
+            for i in range(max(values)):
+                add(f"{width.name}_{i}", getattr(space, width.name), width)
     if len(space.optimizer) > 1:
-        points["optimizer"] = list(space.optimizer)
+        points[OPTIMIZER.name] = list(space.optimizer)
     for opt, params in space.optimizer.items():
-        for pname in ("lr", "momentum", "weight_decay"):
-            value = getattr(params, pname)
-            if value is not None:
-                add(f"{opt}_{pname}", value, "float")
+        for dim in OPTIMIZER_PARAMS:
+            domain = getattr(params, dim.name)
+            if domain is not None and opt in dim.per_optimizer:
+                add(f"{opt}_{dim.name}", domain, dim)
     return points
 
 
-def model_config(config: dict[str, Any], *, image_size: int, num_classes: int):
+def varying_architecture_dims(space: SearchSpace) -> list[str]:
+    """The dimensions that change the weights' shapes and are not fixed to one value."""
+    out = []
+    for dim, domain in _sampled(space):
+        if not dim.shapes_weights:
+            continue
+        if dim.width_of:
+            depth = getattr(space, dim.width_of)
+            if depth is None or depth.values() in ([0],):
+                continue  # no hidden layer: the widths shape nothing
+        values = domain.values()
+        if values is None or len(values) > 1:
+            out.append(dim.name)
+    return out
+
+
+def in_every_config(space: SearchSpace, dim: Dimension) -> bool:
+    """Whether every trial's config has `dim.key` (the console shows only such columns)."""
+    if dim is OPTIMIZER:
+        return True
+    if dim.per_optimizer is not None:
+        return all(opt in dim.per_optimizer for opt in space.optimizer)
+    return getattr(space, dim.name) is not None
+
+
+def fixed_architecture(space: SearchSpace) -> dict[str, Any]:
+    """The trial-config keys that reach the model, for a space that fixes the weights' shapes
+    (what the same-init warm-up trains)."""
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    config = DefineSpace(space)(study.ask())
+    keep = {d.key for d in SPACE_DIMENSIONS if d.reaches == "model"}
+    return {k: v for k, v in config.items() if k in keep}
+
+
+def model_config(config: dict[str, Any], *, image_size: int, num_classes: int) -> ConvNetConfig:
     """The ConvNetConfig a trial config describes. Raises InfeasibleArchitecture when the
     feature map would vanish, ValueError for values the model rejects."""
     from models import get_config
 
     overrides: dict[str, Any] = {"image_size": image_size, "num_classes": num_classes}
-    if config.get("strides"):
-        overrides["strides"] = decode_layers(config["strides"])
-    if config.get("kernels"):
-        overrides["kernels"] = decode_layers(config["kernels"])
-    if config.get("mlp") is not None:
-        overrides["mlp"] = decode_layers(config["mlp"])
-    if config.get("dropout") is not None:
-        overrides["dropout"] = float(config["dropout"])
-    if config.get("batchnorm") is not None:
-        overrides["batchnorm"] = bool(config["batchnorm"])
-    cfg = get_config(config.get("arch", "FlatAlexNet"), **overrides)
-    width = float(config.get("width", 1.0))
+    for dim in SPACE_DIMENSIONS:
+        if dim.model_field and config.get(dim.key) is not None:
+            overrides[dim.model_field] = dim.from_config(config[dim.key])
+    # The two dimensions without a field of their own: the preset itself, and a multiplier
+    # of the preset's (adapted) channels.
+    cfg = get_config(config.get("arch", DIMENSIONS["arch"].default), **overrides)
+    width = float(config.get("width", DIMENSIONS["width"].default))
     if width != 1.0:
         cfg = cfg.with_layers(channels=[max(1, round(c.out_channels * width)) for c in cfg.convs])
     return cfg
@@ -164,30 +179,15 @@ def check_space(space: SearchSpace, *, image_size: int, num_classes: int) -> lis
     """Raise ExperimentError if no architecture the space can produce is feasible at this image
     size; otherwise return the reasons of the infeasible combinations (may be empty).
 
-    Only arch, strides, kernels and width decide feasibility; these are enumerated (a width
-    range is checked at its ends)."""
+    The dimensions marked `feasibility` are enumerated (a range is checked at its ends)."""
     from models import InfeasibleArchitecture
 
-    def values(name: str, kind: str) -> list[Any]:
-        value = getattr(space, name)
-        if value is None:
-            return [None]
-        vals = dim_values(value, kind)
-        return vals if vals is not None else [value["low"], value["high"]]
-
+    dims = [(dim, domain) for dim, domain in _sampled(space) if dim.feasibility]
+    options = [domain.values() or domain.ends() for _, domain in dims]
     reasons: list[str] = []
     feasible = 0
-    for arch, strides, kernels, width in itertools.product(
-        values("arch", "str"),
-        values("strides", "layers"),
-        values("kernels", "layers"),
-        values("width", "float"),
-    ):
-        config = {"arch": arch, "width": width or 1.0}
-        if strides is not None:
-            config["strides"] = encode_layers(strides)
-        if kernels is not None:
-            config["kernels"] = encode_layers(kernels)
+    for combo in itertools.product(*options):
+        config = {dim.key: dim.kind.categorical(v) for (dim, _), v in zip(dims, combo, strict=True)}
         try:
             model_config(config, image_size=image_size, num_classes=num_classes)
             feasible += 1

@@ -13,7 +13,10 @@ import math
 import os
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from search.inputs import TrialData, TrialSettings
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -117,8 +120,8 @@ class Trainer:
         self,
         cfg,
         config: dict[str, Any],
-        data: dict[str, Any],
-        settings: dict[str, Any],
+        data: TrialData,
+        settings: TrialSettings,
         *,
         train_idx,
         val_idx,
@@ -131,50 +134,50 @@ class Trainer:
         from data_pipeline import Batches
         from models import ConvNet
 
-        torch.set_num_threads(max(1, int(settings.get("cpus", 1))))
-        self.device = "cuda" if settings.get("gpus", 0) > 0 and torch.cuda.is_available() else "cpu"
-        self.precision = choose_precision(settings["precision"], self.device)
+        torch.set_num_threads(max(1, int(settings.cpus)))
+        self.device = "cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.precision = choose_precision(settings.precision, self.device)
         fast = self.precision == "bf16"
         self._autocast = (
             (lambda: torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16))
             if fast
             else contextlib.nullcontext
         )
-        self.seed = int(settings["seed"])
-        self.num_classes = len(data["classes"])
+        self.seed = int(settings.seed)
+        self.num_classes = data.num_classes
         torch.manual_seed(self.seed)
         self.model = ConvNet(cfg)
-        if data.get("init_state") is not None:
-            self.model.load_state_dict(data["init_state"])
+        if data.init_state is not None:
+            self.model.load_state_dict(data.init_state)
         self.channels_last = use_channels_last(self.precision, self.device)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(device=self.device, memory_format=memory_format)
         self.optimizer = make_optimizer(config, self.model.parameters())
-        batch_size = int(config.get("batch_size") or settings["batch_size"])
+        batch_size = int(config.get("batch_size") or settings.batch_size)
         common = dict(
             device=self.device,
-            mean=data["mean"],
-            std=data["std"],
+            mean=data.mean,
+            std=data.std,
             channels_last=self.channels_last,
         )
         self.train_batches = Batches(
-            data["images"],
-            data["labels"],
+            data.images,
+            data.labels,
             indices=train_idx,
             batch_size=batch_size,
             shuffle=True,
             seed=self.seed,
-            augment=settings.get("augment", False),
+            augment=settings.augment,
             **common,
         )
         self.eval_train_batches = self.train_batches.with_options(
-            batch_size=settings["eval_batch_size"], shuffle=False, augment=False
+            batch_size=settings.eval_batch_size, shuffle=False, augment=False
         )
         self.val_batches = Batches(
-            data["images"],
-            data["labels"],
+            data.images,
+            data.labels,
             indices=val_idx,
-            batch_size=settings["eval_batch_size"],
+            batch_size=settings.eval_batch_size,
             shuffle=False,
             **common,
         )
@@ -234,18 +237,7 @@ def first_non_finite(values: list[float]) -> int | None:
     return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
 
 
-def split_indices(config: dict[str, Any], data: dict[str, Any]):
-    """(train, validation) rows: the fixed train/test split, or fold `config['fold']`."""
-    import numpy as np
-
-    if config.get("fold") is None:
-        return data["train_idx"], data["val_idx"]
-    folds = np.asarray(data["folds"])
-    k = int(config["fold"])
-    return np.flatnonzero((folds >= 0) & (folds != k)), np.flatnonzero(folds == k)
-
-
-def train_trial(config: dict[str, Any], *, data: dict[str, Any], settings: dict[str, Any]) -> None:
+def train_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSettings) -> None:
     """Ray Tune function trainable. `data` holds the cache arrays (shared through the object
     store), `settings` the experiment's fixed training settings. With `fold` in the config it
     trains on the other folds, validates on that one, and at the end also evaluates the
@@ -255,19 +247,18 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], settings: dict[
     from ray import tune
 
     from models import InfeasibleArchitecture, count_macs, count_params
-    from search.space import encode_layers, model_config
+    from search.dimensions import encode_layers
+    from search.space import model_config
 
-    metric, mode = settings["metric"], settings["mode"]
+    metric, mode = settings.metric, settings.mode
     try:
-        cfg = model_config(
-            config, image_size=settings["image_size"], num_classes=len(data["classes"])
-        )
+        cfg = model_config(config, image_size=settings.image_size, num_classes=data.num_classes)
     except InfeasibleArchitecture as e:
         tune.report(
             {metric: worst_value(mode), "status": "infeasible", "reason": str(e), "epoch": 0}
         )
         return
-    train_idx, val_idx = split_indices(config, data)
+    train_idx, val_idx = data.split(config.get("fold"))
     trainer = Trainer(cfg, config, data, settings, train_idx=train_idx, val_idx=val_idx)
     facts = {
         "params": count_params(cfg),
@@ -296,7 +287,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], settings: dict[
         trainer.optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
 
-    epochs = settings["epochs"]
+    epochs = settings.epochs
     for epoch in range(start_epoch, epochs):
         result: dict[str, Any] = {"epoch": epoch + 1, **facts, **trainer.train_epoch(epoch)}
         bad = first_non_finite(result["step_loss"])

@@ -6,31 +6,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from search.schema import Experiment
+from rundir import INIT_FILE, atomic_write
+from search.errors import ExperimentError
+from search.inputs import TrialData, TrialSettings
+from search.space import fixed_architecture, model_config
 
-INIT_FILE = "init_weights.pt"
-
-
-def fixed_architecture(exp: Experiment) -> dict[str, Any]:
-    """The trial-config keys that decide the weights' shapes, for a space that fixes them."""
-    import optuna
-
-    from search.space import DefineSpace
-
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    config = DefineSpace(exp.search.space)(study.ask())
-    keep = ("arch", "width", "strides", "kernels", "mlp", "batchnorm", "dropout")
-    return {k: v for k, v in config.items() if k in keep}
+if TYPE_CHECKING:
+    from search.schema import Experiment
 
 
-def warmup_weights(exp: Experiment, data: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def warmup_weights(exp: Experiment, data: TrialData, run_dir: Path) -> dict[str, Any]:
     """The shared initial state dict: read from `run_dir/init_weights.pt` if an earlier call
     (or the interrupted run being resumed) wrote it, else trained now and written there."""
     import torch
 
-    from search.space import model_config
     from search.trainable import Trainer, first_non_finite
 
     path = Path(run_dir) / INIT_FILE
@@ -38,33 +29,30 @@ def warmup_weights(exp: Experiment, data: dict[str, Any], run_dir: Path) -> dict
         return torch.load(path, map_location="cpu", weights_only=True)
     warm = exp.train.same_init
     config = {
-        **fixed_architecture(exp),
+        **fixed_architecture(exp.search.space),
         "optimizer": "sgd",
         "lr": warm.lr,
         "momentum": warm.momentum,
     }
-    cfg = model_config(config, image_size=exp.data.image_size, num_classes=len(data["classes"]))
-    settings = {
-        "precision": exp.train.precision,
-        "seed": exp.train.seed,
-        "batch_size": exp.train.batch_size,
-        "eval_batch_size": exp.train.eval_batch_size,
-        "cpus": os.cpu_count() or 1,
-        "gpus": exp.resources.gpus,
-    }
-    trainer = Trainer(
-        cfg, config, data, settings, train_idx=data["train_idx"], val_idx=data["val_idx"]
-    )
+    cfg = model_config(config, image_size=exp.data.image_size, num_classes=data.num_classes)
+    # The warm-up runs in the driver, outside Ray: it may use every core.
+    settings = TrialSettings.from_experiment(exp, cpus=os.cpu_count() or 1)
+    trainer = Trainer(cfg, config, data, settings, train_idx=data.train_idx, val_idx=data.val_idx)
     for epoch in range(warm.epochs):
         losses = trainer.train_epoch(epoch)["step_loss"]
         bad = first_non_finite(losses)
         if bad is not None:
-            raise ValueError(
+            raise ExperimentError(
                 f"train.same_init: the SGD warm-up diverged at step {bad + 1} of epoch {epoch + 1}; "
                 f"lower train.same_init.lr (now {warm.lr})"
             )
     state = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
     return state
+
+
+def with_init_state(exp: Experiment, data: TrialData, run_dir: Path) -> TrialData:
+    """`data` with the run's shared start weights when the experiment asks for them."""
+    if exp.train.same_init is None:
+        return data
+    return data.with_init_state(warmup_weights(exp, data, run_dir))

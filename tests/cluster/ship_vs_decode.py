@@ -90,7 +90,7 @@ def _measure(cluster, work: Path, repeat: int) -> list[tuple]:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from data_pipeline import prepare
-    from search.tuner import load_data
+    from search.inputs import load_data
 
     cores = os.cpu_count() or 1
     datasets = _datasets(work)
@@ -104,7 +104,7 @@ def _measure(cluster, work: Path, repeat: int) -> list[tuple]:
     def fetch(box: list) -> tuple[float, int, str]:
         t0 = time.perf_counter()
         data = ray.get(box[0])
-        nbytes = sum(v.nbytes for v in data.values() if isinstance(v, np.ndarray))
+        nbytes = sum(v.nbytes for v in vars(data).values() if isinstance(v, np.ndarray))
         return time.perf_counter() - t0, nbytes, ray.get_runtime_context().get_node_id()
 
     @ray.remote(num_cpus=cores, scheduling_strategy=on_worker)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from search import tuner
+from search import session, tune_setup, tuner
 from search.cli import main
 from search.schema import Experiment, ExperimentError
 
@@ -35,12 +35,12 @@ def test_a_storage_uri_is_refused_naming_shared_storage(tmp_path, capsys, uri):
 
 
 def test_a_relative_storage_is_refused_inside_a_ray_job(monkeypatch):
-    tuner.check_storage("runs")  # fine on one machine
-    tuner.check_storage("/mnt/shared/runs")
+    session.check_storage("runs")  # fine on one machine
+    session.check_storage("/mnt/shared/runs")
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets for a job's driver
-    tuner.check_storage("/mnt/shared/runs")
+    session.check_storage("/mnt/shared/runs")
     with pytest.raises(ExperimentError, match="relative.*Ray job.*--storage /mnt/shared/runs"):
-        tuner.check_storage("runs")
+        session.check_storage("runs")
 
 
 def test_a_cluster_that_refuses_the_driver_names_token_authentication(monkeypatch):
@@ -52,7 +52,7 @@ def test_a_cluster_that_refuses_the_driver_names_token_authentication(monkeypatc
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)
     with pytest.raises(ExperimentError, match="10.0.0.1:6379.*RAY_AUTH_MODE=token"):
-        tuner.start_ray("10.0.0.1:6379")
+        session._start("10.0.0.1:6379")
 
 
 def test_a_run_that_cannot_join_its_cluster_leaves_no_run_directory(
@@ -61,7 +61,7 @@ def test_a_run_that_cannot_join_its_cluster_leaves_no_run_directory(
     def refuse(address):
         raise ExperimentError(f"--address {address}: refused")
 
-    monkeypatch.setattr(tuner, "start_ray", refuse)
+    monkeypatch.setattr(session, "_start", refuse)
     exp = _experiment(tmp_path, small_folder, cache_root, tmp_path / "runs")
     with pytest.raises(ExperimentError, match="refused"):
         tuner.run(exp, name="r", address="10.0.0.1:6379", progress=False)
@@ -75,8 +75,8 @@ def test_an_empty_autoscaling_cluster_runs_one_trial_at_a_time_and_says_so(
 
     exp = Experiment.model_validate({"name": "t", "resources": {"cpus": 2, "gpus": 1}})
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})  # the head, no GPU yet
-    assert tuner._max_concurrent(exp) == 1
+    assert tune_setup.max_concurrent(exp) == 1
     assert "--set search.max_concurrent=" in capsys.readouterr().out
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 2.0})
-    assert tuner._max_concurrent(exp) == 2
+    assert tune_setup.max_concurrent(exp) == 2
     assert capsys.readouterr().out == ""

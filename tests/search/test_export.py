@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from search.export import collect, export_run, write_atomic
+from rundir import write_text
+from search.export import collect, export_run
 
 
 def trial(
@@ -148,7 +149,7 @@ def test_export_writes_parquet_atomically(tmp_path):
     for name in ("trials", "epochs", "steps", "confusion"):
         assert len(pd.read_parquet(run / f"{name}.parquet")) > 0
     assert not list(run.glob(".*tmp*"))
-    write_atomic(run / "x.txt", "hello")
+    write_text(run / "x.txt", "hello")
     assert (run / "x.txt").read_text() == "hello"
 
 

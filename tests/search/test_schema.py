@@ -6,7 +6,9 @@ import pytest
 import yaml
 
 from search.cli import main
-from search.schema import ExperimentError, apply_overrides, check_dim, load_experiment
+from search.dimensions import BOOL, FLOAT, INT, LAYERS, STR
+from search.errors import ExperimentError
+from search.schema import apply_overrides, load_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +36,7 @@ def test_demo_file_validates():
     assert exp.search.metric == "val_accuracy" and exp.search.mode == "max"
     assert exp.search.num_trials >= 12
     assert exp.scheduler.type == "asha"
-    assert len(exp.search.space.arch) >= 2 and len(exp.search.space.optimizer) >= 2
+    assert len(exp.search.space.arch.values()) >= 2 and len(exp.search.space.optimizer) >= 2
 
 
 def test_defaults_and_mode_follow_the_metric(tmp_path):
@@ -132,7 +134,7 @@ def test_overrides_apply_before_validation(tmp_path):
         ],
     )
     assert exp.train.epochs == 3
-    assert exp.search.space.arch == ["AlexNet", "NarrowAlexNet"]
+    assert exp.search.space.arch.to_data() == ["AlexNet", "NarrowAlexNet"]
     assert exp.data.merge == {"People": ["Celebrities"]}
     with pytest.raises(ExperimentError, match="train.epochs: Input should be a valid integer"):
         load_experiment(path, ["train.epochs=many"])
@@ -164,32 +166,32 @@ def test_resolved_experiment_round_trips(tmp_path):
 @pytest.mark.parametrize(
     ("value", "kind", "expected"),
     [
-        (0.3, "float", 0.3),
-        ([1, 2], "int", [1, 2]),
-        ({"low": 1e-4, "high": 0.1, "log": True}, "float", {"low": 1e-4, "high": 0.1, "log": True}),
-        ([4, 1, 1], "layers", [4, 1, 1]),
-        ([[4, 1], [2, 1]], "layers", [[4, 1], [2, 1]]),
-        ([True, False], "bool", [True, False]),
+        (0.3, FLOAT, 0.3),
+        ([1, 2], INT, [1, 2]),
+        ({"low": 1e-4, "high": 0.1, "log": True}, FLOAT, {"low": 1e-4, "high": 0.1, "log": True}),
+        ([4, 1, 1], LAYERS, [4, 1, 1]),
+        ([[4, 1], [2, 1]], LAYERS, [[4, 1], [2, 1]]),
+        ([True, False], BOOL, [True, False]),
     ],
 )
-def test_check_dim_forms(value, kind, expected):
-    assert check_dim(value, kind) == expected
+def test_dimension_forms(value, kind, expected):
+    assert kind.parse(value).to_data() == expected
 
 
 @pytest.mark.parametrize(
     ("value", "kind", "message"),
     [
-        ({"low": 0, "high": 1, "log": True}, "float", "log range needs low > 0"),
-        ({"low": 1}, "float", "needs both low and high"),
-        ([], "str", "empty list"),
-        (1.5, "int", "expected an integer"),
-        ({"low": 1, "high": 2}, "bool", "range is not allowed"),
-        ("x", "layers", "one value per conv layer"),
+        ({"low": 0, "high": 1, "log": True}, FLOAT, "log range needs low > 0"),
+        ({"low": 1}, FLOAT, "needs both low and high"),
+        ([], STR, "empty list"),
+        (1.5, INT, "expected an integer"),
+        ({"low": 1, "high": 2}, BOOL, "range is not allowed"),
+        ("x", LAYERS, "one value per conv layer"),
     ],
 )
-def test_check_dim_errors(value, kind, message):
+def test_dimension_form_errors(value, kind, message):
     with pytest.raises(ValueError, match=message):
-        check_dim(value, kind)
+        kind.parse(value)
 
 
 def test_validate_cli_exit_codes(tmp_path, capsys):

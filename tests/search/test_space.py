@@ -6,15 +6,10 @@ import optuna
 import pytest
 
 from models import InfeasibleArchitecture, count_params, get_config
-from search.schema import ExperimentError, SearchSpace
-from search.space import (
-    build_space,
-    check_space,
-    decode_layers,
-    encode_layers,
-    grid_points,
-    model_config,
-)
+from search.dimensions import decode_layers, encode_layers
+from search.errors import ExperimentError
+from search.schema import SearchSpace
+from search.space import build_space, check_space, grid_points, model_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -3,6 +3,7 @@ of every experiment file with tiny overrides."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,6 @@ import pytest
 import torch
 
 from search.cli import main
-from search.trainable import split_indices
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
@@ -40,17 +40,18 @@ def tiny(folder: Path, cache: Path, storage: Path) -> list[str]:
     ]
 
 
-def test_fold_splits_partition_the_data():
+def test_fold_splits_partition_the_data(tiny_data):
     folds = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, -1])
-    data = {"folds": folds, "train_idx": np.arange(9), "val_idx": np.array([9])}
+    data = tiny_data(n=10)
+    data = dataclasses.replace(data, folds=folds, train_idx=np.arange(9), val_idx=np.array([9]))
     seen = []
     for k in range(3):
-        train, test = split_indices({"fold": k}, data)
+        train, test = data.split(k)
         assert set(train).isdisjoint(test)
         assert set(train) | set(test) == set(range(9))  # unassigned rows take no part
         seen.extend(test)
     assert sorted(seen) == list(range(9))  # every sample is in exactly one test fold
-    train, val = split_indices({}, data)
+    train, val = data.split(None)
     assert list(val) == [9]
 
 

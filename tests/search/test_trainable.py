@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search.space import OPTIMIZER_DEFAULTS
+from search.dimensions import OPTIMIZER_DEFAULTS
 from search.trainable import choose_precision, make_optimizer, worst_value
 
 
@@ -67,37 +67,37 @@ def test_worst_value_is_the_worst_for_the_mode():
     assert worst_value("min") == float("inf")
 
 
-def _trainer(monkeypatch=None, channels_last: bool | None = None):
-    import numpy as np
+@pytest.fixture
+def make_trainer(tiny_data, tiny_settings):
+    def make(monkeypatch=None, channels_last: bool | None = None):
+        import numpy as np
 
-    from search import trainable
-    from search.space import model_config
+        from search import trainable
+        from search.space import model_config
 
-    if channels_last is not None:
-        monkeypatch.setattr(trainable, "use_channels_last", lambda *a: channels_last)
-    rng = np.random.default_rng(0)
-    data = {
-        "images": rng.integers(0, 256, (48, 3, 16, 16), dtype=np.uint8),
-        "labels": np.arange(48) % 3,
-        "mean": (0.5, 0.5, 0.5),
-        "std": (0.25, 0.25, 0.25),
-        "classes": ["a", "b", "c"],
-    }
-    config = {"arch": "FlatAlexNet", "width": 0.125, "mlp": "16", "optimizer": "sgd", "lr": 0.05}
-    settings = {"precision": "fp32", "seed": 0, "cpus": 1, "gpus": 0, "batch_size": 16}
-    settings["eval_batch_size"] = 16
-    cfg = model_config(config, image_size=16, num_classes=3)
-    return trainable.Trainer(
-        cfg, config, data, settings, train_idx=np.arange(32), val_idx=np.arange(32, 48)
-    )
+        if channels_last is not None:
+            monkeypatch.setattr(trainable, "use_channels_last", lambda *a: channels_last)
+        config = {"arch": "FlatAlexNet", "width": 0.125, "mlp": "16", "optimizer": "sgd"}
+        config["lr"] = 0.05
+        cfg = model_config(config, image_size=16, num_classes=3)
+        return trainable.Trainer(
+            cfg,
+            config,
+            tiny_data(),
+            tiny_settings(),
+            train_idx=np.arange(32),
+            val_idx=np.arange(32, 48),
+        )
+
+    return make
 
 
-def test_fp32_on_the_cpu_trains_channels_last():
+def test_fp32_on_the_cpu_trains_channels_last(make_trainer):
     from search.trainable import use_channels_last
 
     assert use_channels_last("fp32", "cpu") and use_channels_last("bf16", "cuda")
     assert not use_channels_last("fp32", "cuda:0")
-    trainer = _trainer()
+    trainer = make_trainer()
     assert trainer.channels_last
     conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -105,10 +105,10 @@ def test_fp32_on_the_cpu_trains_channels_last():
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_channels_last_changes_speed_not_results(monkeypatch):
+def test_channels_last_changes_speed_not_results(monkeypatch, make_trainer):
     """The same arithmetic in another memory layout: the same losses and weights to rounding."""
-    fast = _trainer(monkeypatch, channels_last=True)
-    plain = _trainer(monkeypatch, channels_last=False)
+    fast = make_trainer(monkeypatch, channels_last=True)
+    plain = make_trainer(monkeypatch, channels_last=False)
     assert not plain.channels_last
     a, b = fast.train_epoch(0), plain.train_epoch(0)
     assert a["step_loss"] == pytest.approx(b["step_loss"], rel=1e-4)

@@ -1,0 +1,166 @@
+"""The run-directory format, in one place: what `hpsearch run`/`resume`/`kfold` write and
+analysis reads (file names, table columns and dtypes, metrics and which way is better)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import pandas as pd
+
+# Files and folders of a run directory.
+EXPERIMENT_FILE = "experiment.yaml"  # the resolved experiment
+VERSIONS_FILE = "versions.json"  # library versions and git revision
+OPTUNA_DB = "optuna.db"  # the Optuna study (SQLite)
+INIT_FILE = "init_weights.pt"  # train.same_init's shared initial weights
+KFOLD_DIR = "kfold"  # the k-fold Tune experiment
+KFOLD_SPEC = "kfold.json"  # in KFOLD_DIR: k, epochs and the configs
+REPORT_DIR = "report"  # `hpsearch report`'s default output
+TRIAL_PREFIX = "trial_"  # trial folders: trial_<trial_id>
+# Ray Tune's files that the export reads.
+TUNE_STATE_GLOB = "experiment_state-*.json"
+TUNER_FILE = "tuner.pkl"
+PARAMS_FILE = "params.json"
+RESULT_FILE = "result.json"
+ERROR_FILE = "error.txt"
+
+TABLES = ("trials", "epochs", "steps", "confusion", "folds")
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+STEPS_FILE = "steps.parquet"
+CONFUSION_FILE = "confusion.parquet"
+FOLDS_FILE = "folds.parquet"
+
+
+def table_file(table: str) -> str:
+    """The file of one of TABLES."""
+    return f"{table}.parquet"
+
+
+# Where each table comes from, for messages that say how to get it.
+TABLE_SOURCES = {
+    "trials": "trials.parquet, written by `hpsearch run` and `hpsearch resume`",
+    "epochs": "epochs.parquet, written by `hpsearch run` and `hpsearch resume`",
+    "steps": "steps.parquet, written by `hpsearch run` and `hpsearch resume`",
+    "confusion": "confusion.parquet, written by `hpsearch run` and `hpsearch resume`",
+    "folds": "folds.parquet, written by `hpsearch kfold RUN_DIR`",
+}
+
+# The metrics a search can optimise, and the per-epoch columns of epochs.parquet.
+METRICS = ("val_accuracy", "val_macro_precision", "val_loss", "train_loss", "train_accuracy")
+METRIC_COLUMNS = (
+    "train_loss",
+    "train_accuracy",
+    "train_macro_precision",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_precision",
+)
+
+_STR, _INT, _FLOAT = "str", "int64", "float64"  # "str": the text dtype of this pandas
+# Each table's fixed columns (present even when the table is empty), with their dtypes.
+TABLE_DTYPES: dict[str, dict[str, str]] = {
+    "trials": {"trial_id": _STR, "status": _STR, "error": _STR},
+    "epochs": {
+        "trial_id": _STR,
+        "epoch": _INT,
+        **dict.fromkeys(METRIC_COLUMNS, _FLOAT),
+        "seconds": _FLOAT,
+        "images_per_s": _FLOAT,
+    },
+    "steps": {"trial_id": _STR, "step": _INT, "epoch": _INT, "loss": _FLOAT},
+    "confusion": {
+        "trial_id": _STR,
+        "epoch": _INT,
+        "true_label": _INT,
+        "pred_label": _INT,
+        "true_class": _STR,
+        "pred_class": _STR,
+        "count": _INT,
+    },
+    "folds": {
+        "config_id": _STR,
+        "trial_id": _STR,
+        "fold": _INT,
+        "split": _STR,
+        "accuracy": _FLOAT,
+        "macro_precision": _FLOAT,
+        "loss": _FLOAT,
+        "arch": _STR,
+        "label": _STR,
+        "epochs": _INT,
+    },
+}
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {t: tuple(d) for t, d in TABLE_DTYPES.items()}
+# Columns a table has once it has rows (besides the trials' config and model_* columns).
+OPTIONAL_DTYPES: dict[str, dict[str, str]] = {
+    "trials": {
+        "params": _INT,
+        "macs": _INT,
+        "epochs": _INT,
+        **{f"{kind}_{m}": _FLOAT for m in METRIC_COLUMNS for kind in ("final", "best")},
+        "seconds": _FLOAT,
+        "start_timestamp": _INT,
+        "end_timestamp": _INT,
+    },
+    "epochs": {"time_total_s": _FLOAT, "timestamp": _INT},
+}
+
+
+def empty_frame(table: str) -> pd.DataFrame:
+    """A table without rows: its fixed columns, typed."""
+    return pd.DataFrame({c: pd.Series(dtype=d) for c, d in TABLE_DTYPES[table].items()})
+
+
+def _numeric(values: pd.Series, dtype: str) -> pd.Series:
+    try:
+        num = pd.to_numeric(values)
+    except (ValueError, TypeError):
+        return values  # not numbers: leave as written rather than guess
+    # Integers only when every value is one (missing values need float, as pandas does).
+    if dtype == _INT and num.notna().all() and (num == num.round()).all():
+        return num.astype(_INT)
+    return num.astype(_FLOAT)
+
+
+def coerce(df: pd.DataFrame, table: str) -> pd.DataFrame:
+    """`df` with its known numeric columns in the layout's dtypes (all-None -> NaN, not
+    object); text columns are left alone (None stays None)."""
+    dtypes = {**OPTIONAL_DTYPES.get(table, {}), **TABLE_DTYPES[table]}
+    out = df.copy()
+    for col, dtype in dtypes.items():
+        if dtype != _STR and col in out:
+            out[col] = _numeric(out[col], dtype)
+    return out
+
+
+def metric_mode(metric: str) -> str:
+    """Losses are minimised, everything else maximised."""
+    return "min" if metric.endswith("loss") else "max"
+
+
+def check_mode(mode: str) -> str:
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def best_column(metric: str) -> str:
+    """The trials column with each trial's best epoch by `metric`."""
+    return f"best_{metric}"
+
+
+def best_value(values: Iterable[float | None], metric: str) -> float | None:
+    """The best finite value by `metric`'s mode; None when there is none."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    return min(finite) if metric_mode(metric) == "min" else max(finite)
+
+
+def rank_trials(trials: pd.DataFrame, metric: str, mode: str | None = None) -> pd.DataFrame:
+    """Trials with a best_<metric>, best first (ties keep the table's order)."""
+    col = best_column(metric)
+    mode = check_mode(mode or metric_mode(metric))
+    ranked = trials[trials[col].notna()]
+    return ranked.sort_values(col, ascending=mode == "min", kind="stable")

@@ -1,0 +1,125 @@
+"""What every trial receives, as frozen hand-offs: `TrialData` (the cache's arrays and the split)
+and `TrialSettings` (the experiment's fixed training settings). `run`, `resume`, `kfold` and the
+same-init warm-up all build them here."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search.errors import ExperimentError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from search.schema import Experiment
+
+
+@dataclass(frozen=True, eq=False)
+class TrialData:
+    """The decoded images and how they are split. Shared with every trial (Ray's object store
+    keeps one copy per node); nothing in it is changed after it is built."""
+
+    images: np.ndarray  # uint8 [N, 3, S, S]
+    labels: np.ndarray  # int64 [N]
+    train_idx: np.ndarray  # rows trials train on
+    val_idx: np.ndarray  # rows trials report val_* metrics on
+    folds: np.ndarray  # int64 [N]: fold of each row, -1 without folds
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, of the training rows, in [0, 1] units
+    std: tuple[float, ...]
+    init_state: dict[str, Any] | None = None  # train.same_init's start weights
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def with_init_state(self, state: dict[str, Any] | None) -> TrialData:
+        return dataclasses.replace(self, init_state=state)
+
+    def split(self, fold: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) rows: the fixed split, or fold `fold` against the other folds."""
+        import numpy as np
+
+        if fold is None:
+            return self.train_idx, self.val_idx
+        return np.flatnonzero((self.folds >= 0) & (self.folds != fold)), np.flatnonzero(
+            self.folds == fold
+        )
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """The experiment's fixed training settings (what the search does not vary)."""
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    precision: str
+    seed: int
+    augment: bool
+    image_size: int
+    metric: str
+    mode: str
+    cpus: float
+    gpus: float
+
+    @classmethod
+    def from_experiment(cls, exp: Experiment, **changes: Any) -> TrialSettings:
+        settings = cls(
+            epochs=exp.train.epochs,
+            batch_size=exp.train.batch_size,
+            eval_batch_size=exp.train.eval_batch_size,
+            precision=exp.train.precision,
+            seed=exp.train.seed,
+            augment=exp.train.augment,
+            image_size=exp.data.image_size,
+            metric=exp.search.metric,
+            mode=exp.search.mode,
+            cpus=exp.resources.cpus,
+            gpus=exp.resources.gpus,
+        )
+        return dataclasses.replace(settings, **changes)
+
+
+def load_data(exp: Experiment, *, folds: int | None = None, progress: bool = True) -> TrialData:
+    """Decode (or reuse) the cache of the experiment's folder. `folds` overrides data.folds."""
+    import numpy as np
+
+    from data_pipeline import DatasetError, prepare
+
+    data = exp.data
+    if not data.folder:
+        raise ExperimentError(
+            "data.folder is not set: name the image folder in the file or pass --data DIR"
+        )
+    if not Path(data.folder).is_dir():
+        raise ExperimentError(
+            f"data.folder: {data.folder!r} is not a folder (one sub-folder per class)"
+        )
+    try:
+        cache, _summary = prepare(
+            data.folder,
+            image_size=data.image_size,
+            cache_root=data.cache,
+            test_fraction=data.test_fraction,
+            folds=data.folds if folds is None else folds,
+            merge=data.merge or None,
+            workers=data.workers,
+            seed=data.seed,
+            progress=progress,
+        )
+    except DatasetError as e:
+        raise ExperimentError(f"data.folder: {e}") from None
+    return TrialData(
+        images=np.ascontiguousarray(cache.images),
+        labels=np.asarray(cache.labels, dtype=np.int64),
+        train_idx=np.asarray(cache.indices("train"), dtype=np.int64),
+        val_idx=np.asarray(cache.indices("test"), dtype=np.int64),
+        folds=np.asarray(cache.fold, dtype=np.int64),
+        classes=tuple(cache.classes),
+        mean=tuple(float(m) for m in cache.mean),
+        std=tuple(float(s) for s in cache.std),
+    )

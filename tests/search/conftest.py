@@ -1,0 +1,51 @@
+"""Small hand-offs for tests that run a Trainer without Ray or a cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from search.inputs import TrialData, TrialSettings
+
+
+def _tiny_data(n: int = 48, size: int = 16, classes: int = 3) -> TrialData:
+    rng = np.random.default_rng(0)
+    return TrialData(
+        images=rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8),
+        labels=np.arange(n) % classes,
+        train_idx=np.arange(n * 2 // 3),
+        val_idx=np.arange(n * 2 // 3, n),
+        folds=np.full(n, -1),
+        classes=tuple("abcdefgh"[:classes]),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+
+
+def _tiny_settings(**changes) -> TrialSettings:
+    base = dict(
+        epochs=1,
+        batch_size=16,
+        eval_batch_size=16,
+        precision="fp32",
+        seed=0,
+        augment=False,
+        image_size=16,
+        metric="val_accuracy",
+        mode="max",
+        cpus=1,
+        gpus=0,
+    )
+    return TrialSettings(**{**base, **changes})
+
+
+@pytest.fixture
+def tiny_data():
+    """A factory of small random TrialData (n images of size px, `classes` classes)."""
+    return _tiny_data
+
+
+@pytest.fixture
+def tiny_settings():
+    """A factory of TrialSettings for one fp32 CPU epoch; keywords change fields."""
+    return _tiny_settings
