@@ -94,7 +94,7 @@ def _finish(run_dir, tables, interrupted: bool, exp) -> int:
 
 
 def _run_search(exp, args: argparse.Namespace, *, report: bool = False) -> int:
-    from search.tuner import run
+    from search.study import run
 
     run_dir, tables, interrupted = run(exp, name=args.name, address=args.address)
     code = _finish(run_dir, tables, interrupted, exp)
@@ -111,7 +111,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from search.tuner import resume
+    from search.study import resume
 
     run_dir, tables, interrupted = resume(args.run_dir, address=args.address)
     exp = _load(str(run_dir / "experiment.yaml"), [])

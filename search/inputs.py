@@ -36,9 +36,6 @@ class TrialData:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def with_init_state(self, state: dict[str, Any] | None) -> TrialData:
-        return dataclasses.replace(self, init_state=state)
-
     def split(self, fold: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(train, validation) rows: the fixed split, or fold `fold` against the other folds."""
         import numpy as np
@@ -82,6 +79,19 @@ class TrialSettings:
             gpus=exp.resources.gpus,
         )
         return dataclasses.replace(settings, **changes)
+
+
+def with_init_state(
+    exp: Experiment, data: TrialData, settings: TrialSettings, run_dir: Path
+) -> TrialData:
+    """`data` with the run's shared start weights (train.same_init), trained once per run
+    directory and read back from it afterwards; `data` itself without same_init."""
+    if exp.train.same_init is None:
+        return data
+    from search.warmup import warmup_weights
+
+    state = warmup_weights(exp, data, settings, run_dir)
+    return dataclasses.replace(data, init_state=state)
 
 
 def load_data(exp: Experiment, *, folds: int | None = None, progress: bool = True) -> TrialData:

@@ -29,11 +29,10 @@ from rundir import (
 )
 from search.errors import ExperimentError
 from search.export import read_results, tune_statuses
-from search.inputs import TrialData, TrialSettings, load_data
+from search.inputs import TrialData, TrialSettings, load_data, with_init_state
 from search.schema import Experiment, load_experiment
 from search.session import ray_session
 from search.tune_setup import restore_tuner, run_config, trainable, trial_dirname
-from search.warmup import with_init_state
 
 
 def select_configs(
@@ -186,9 +185,9 @@ def run_kfold(
     configs = (
         spec["configs"] if spec else select_configs(run_dir, exp, top=top, trial_ids=trial_ids)
     )
-    # the run's shared start, as in the search
-    data = with_init_state(exp, load_data(exp, folds=k, progress=progress), run_dir)
     settings = TrialSettings.from_experiment(exp, epochs=epochs)
+    # the run's shared start, as in the search
+    data = with_init_state(exp, load_data(exp, folds=k, progress=progress), settings, run_dir)
     interrupted = False
     with ray_session(address):
         fold_trainable = trainable(exp, fold_trial, data=data, settings=settings, configs=configs)

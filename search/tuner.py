@@ -16,13 +16,11 @@ from typing import Any
 from rundir import EXPERIMENT_FILE, TUNER_FILE, VERSIONS_FILE, write_text
 from search.errors import ExperimentError
 from search.export import export_run, library_versions
-from search.inputs import TrialData, TrialSettings, load_data
-from search.kfold import run_kfold
+from search.inputs import TrialData, TrialSettings, load_data, with_init_state
 from search.schema import Experiment, load_experiment
 from search.session import ray_session
 from search.tune_setup import new_tuner, restore_tuner, search_trainable
 from search.validate import check_experiment
-from search.warmup import with_init_state
 
 
 def default_run_name(exp: Experiment) -> str:
@@ -59,24 +57,17 @@ def _fit_and_export(tuner, exp: Experiment, run_dir: Path, data: TrialData):
     return tables, interrupted
 
 
-def _kfold_after_search(exp: Experiment, run_dir: Path, address: str | None) -> None:
-    kf = exp.kfold
-    print(f"\nk-fold: re-training the top {kf.top} config(s) on {kf.k} folds")
-    run_kfold(run_dir, top=kf.top, k=kf.k, epochs=kf.epochs, address=address)
-
-
 def run(
     exp: Experiment, *, name: str | None = None, address: str | None = None, progress: bool = True
 ) -> tuple[Path, dict[str, Any], bool]:
-    """Run a whole search. Returns (run_dir, tables, interrupted)."""
+    """Run a whole search (not the k-fold that may follow it: `search.study.run` chains both).
+    Returns (run_dir, tables, interrupted)."""
     run_dir, data = prepare_run(exp, name=name, progress=progress)
-    data = with_init_state(exp, data, run_dir)
     settings = TrialSettings.from_experiment(exp)
+    data = with_init_state(exp, data, settings, run_dir)
     with ray_session(address, discard=run_dir):
         tuner = new_tuner(exp, run_dir, data, settings)
         tables, interrupted = _fit_and_export(tuner, exp, run_dir, data)
-        if exp.kfold is not None and not interrupted:
-            _kfold_after_search(exp, run_dir, address)
     return run_dir, tables, interrupted
 
 
@@ -91,9 +82,10 @@ def resume(
             f"{run_dir} is not a run directory of hpsearch (no {EXPERIMENT_FILE} / {TUNER_FILE})"
         )
     exp = load_experiment(run_dir / EXPERIMENT_FILE)
-    data = with_init_state(exp, load_data(exp, progress=progress), run_dir)
+    settings = TrialSettings.from_experiment(exp)
+    data = with_init_state(exp, load_data(exp, progress=progress), settings, run_dir)
     with ray_session(address):
-        trainable = search_trainable(exp, data, TrialSettings.from_experiment(exp))
+        trainable = search_trainable(exp, data, settings)
         tables, interrupted = _fit_and_export(restore_tuner(run_dir, trainable), exp, run_dir, data)
         if not interrupted and _lost_checkpoints(tables):
             # Tune deletes a trial's older checkpoint before its state snapshot points at the
@@ -101,8 +93,6 @@ def resume(
             # Those trials cannot continue, so they start again from scratch.
             tuner = restore_tuner(run_dir, trainable, restart_errored=True)
             tables, interrupted = _fit_and_export(tuner, exp, run_dir, data)
-        if exp.kfold is not None and not interrupted:
-            _kfold_after_search(exp, run_dir, address)
     return run_dir, tables, interrupted
 
 

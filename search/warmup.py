@@ -4,20 +4,23 @@ from them, so trials differ only by what the search varies (optimizer, lr, dropo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rundir import INIT_FILE, atomic_write
 from search.errors import ExperimentError
-from search.inputs import TrialData, TrialSettings
 from search.space import fixed_architecture, model_config
 
 if TYPE_CHECKING:
+    from search.inputs import TrialData, TrialSettings
     from search.schema import Experiment
 
 
-def warmup_weights(exp: Experiment, data: TrialData, run_dir: Path) -> dict[str, Any]:
+def warmup_weights(
+    exp: Experiment, data: TrialData, settings: TrialSettings, run_dir: Path
+) -> dict[str, Any]:
     """The shared initial state dict: read from `run_dir/init_weights.pt` if an earlier call
     (or the interrupted run being resumed) wrote it, else trained now and written there."""
     import torch
@@ -36,7 +39,7 @@ def warmup_weights(exp: Experiment, data: TrialData, run_dir: Path) -> dict[str,
     }
     cfg = model_config(config, image_size=exp.data.image_size, num_classes=data.num_classes)
     # The warm-up runs in the driver, outside Ray: it may use every core.
-    settings = TrialSettings.from_experiment(exp, cpus=os.cpu_count() or 1)
+    settings = dataclasses.replace(settings, cpus=os.cpu_count() or 1)
     trainer = Trainer(cfg, config, data, settings, train_idx=data.train_idx, val_idx=data.val_idx)
     for epoch in range(warm.epochs):
         losses = trainer.train_epoch(epoch)["step_loss"]
@@ -49,10 +52,3 @@ def warmup_weights(exp: Experiment, data: TrialData, run_dir: Path) -> dict[str,
     state = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
     atomic_write(path, lambda f: torch.save(state, f))
     return state
-
-
-def with_init_state(exp: Experiment, data: TrialData, run_dir: Path) -> TrialData:
-    """`data` with the run's shared start weights when the experiment asks for them."""
-    if exp.train.same_init is None:
-        return data
-    return data.with_init_state(warmup_weights(exp, data, run_dir))

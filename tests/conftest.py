@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# Ray Tune: only the JSON logger, legacy console reporter (set before ray.tune is imported).
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+from search.session import set_tune_env_defaults
+
+# The environment hpsearch's own Ray session sets, for tests that drive Tune directly.
+set_tune_env_defaults()
 
 
 def make_image_folder(

@@ -135,3 +135,11 @@ def test_packages_depend_only_in_the_documented_direction(package):
             ):
                 bad.setdefault(module, []).append(target)
     assert not bad, f"{package} imports outside its allowed dependencies: {bad}"
+
+
+def test_search_kfold_and_the_warmup_never_import_each_other():
+    """They meet only in search.inputs (the hand-offs) and search.study (the chaining)."""
+    graph = import_graph()
+    parts = {"search.tuner", "search.kfold", "search.warmup"}
+    for module in parts:
+        assert not graph[module] & parts, (module, graph[module] & parts)
