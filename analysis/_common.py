@@ -7,21 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-# The run's format and its rules are rundir's; METRICS and check_mode are re-exported here.
-from rundir import (  # noqa: F401
-    METRICS,
-    TABLE_SOURCES,
-    best_column,
-    check_mode,
-    metric_mode,
-    rank_trials,
-)
+from rundir import TABLE_SOURCES, best_column, rank_trials
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-default_mode = metric_mode  # the name the analysis modules use
 
 
 class MissingDataError(ValueError):

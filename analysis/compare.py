@@ -12,7 +12,6 @@ import pandas as pd
 from analysis._common import (
     MissingDataError,
     colors,
-    default_mode,
     group_label,
     legend_outside,
     new_figure,
@@ -20,6 +19,7 @@ from analysis._common import (
     require,
 )
 from analysis.curves import QUANTITIES, draw_rolling, rolling_loss, with_style_legend
+from rundir import best_column, rank_trials
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -52,10 +52,8 @@ def group_trials(
     if "status" in df and exclude_status:
         df = df[~df["status"].isin(list(exclude_status))]
     if select == "best":
-        col = f"best_{metric}"
-        require(trials, "trials", [col], what=what)
-        df = df[df[col].notna()].sort_values(col, ascending=(mode or default_mode(metric)) == "min")
-        df = df.drop_duplicates(by)
+        require(trials, "trials", [best_column(metric)], what=what)
+        df = rank_trials(df, metric, mode).drop_duplicates(by)
     values = sorted(df[by].unique(), key=str)
     if len(values) < 2:
         only = f"only one {by} in this run ({group_label(values[0])})" if values else f"no {by}"

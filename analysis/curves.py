@@ -12,7 +12,6 @@ import pandas as pd
 from analysis._common import (
     MissingDataError,
     colors,
-    default_mode,
     group_label,
     legend_outside,
     new_figure,
@@ -21,6 +20,7 @@ from analysis._common import (
     top_trials,
     trial_label,
 )
+from rundir import metric_mode
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -193,7 +193,7 @@ def plot_accuracy_curves(
     cols = [f"train_{quantity}", f"val_{quantity}"]
     what = f"the train vs validation {pretty(quantity)} curves"
     require(epochs, "epochs", ["trial_id", "epoch", *cols], what=what)
-    mode = mode or default_mode(metric)
+    mode = mode or metric_mode(metric)
     if trial_ids is None:
         if trials is not None and f"best_{metric}" in trials:
             ids = top_trials(trials, metric=metric, mode=mode, k=top)["trial_id"].tolist()

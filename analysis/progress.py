@@ -12,8 +12,6 @@ import pandas as pd
 
 from analysis._common import (
     MissingDataError,
-    check_mode,
-    default_mode,
     import_optuna,
     legend_outside,
     new_figure,
@@ -21,6 +19,7 @@ from analysis._common import (
     pretty,
     require,
 )
+from rundir import check_mode, metric_mode
 
 if TYPE_CHECKING:
     import optuna
@@ -68,7 +67,7 @@ def best_so_far(
     `best_by_time` (the best value among the trials ended by then)."""
     col = f"best_{metric}"
     require(trials, "trials", ["trial_id", col], what="the search progress")
-    mode = check_mode(mode or default_mode(metric))
+    mode = check_mode(mode or metric_mode(metric))
     df = trials.reset_index(drop=True)
     if "start_timestamp" in df:
         df = df.sort_values("start_timestamp", kind="stable", na_position="last")
@@ -100,7 +99,7 @@ def plot_search_progress(
     """The best `metric` so far (a step line) and every trial's value (dots) against trial
     number (left) and wall-clock minutes since the search started (right). Respects `mode`
     (for losses the line goes down). Trials without a value are crosses at the bottom."""
-    mode = mode or default_mode(metric)
+    mode = mode or metric_mode(metric)
     df = best_so_far(trials, epochs, metric=metric, mode=mode)
     if df["value"].isna().all():
         raise MissingDataError("the search progress", f"no trial has a {metric} yet")

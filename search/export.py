@@ -73,9 +73,6 @@ def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-# Private names search/kfold.py imports until it switches to the public ones.
-
-
 def _error_text(trial_dir: Path) -> str:
     path = trial_dir / ERROR_FILE
     if not path.exists():

@@ -23,6 +23,7 @@ from rundir import (
     TRIAL_PREFIX,
     TRIALS_FILE,
     TUNER_FILE,
+    coerce,
     rank_trials,
     write_json,
     write_parquet,
@@ -118,7 +119,7 @@ def collect_folds(
                     "epochs": last["epoch"],
                 }
             )
-    df = pd.DataFrame(rows, columns=TABLE_COLUMNS["folds"])
+    df = coerce(pd.DataFrame(rows, columns=TABLE_COLUMNS["folds"]), "folds")
     return df.sort_values(["config_id", "fold", "split"], ignore_index=True)
 
 

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from rundir import METRICS
+from rundir import METRICS, metric_mode
 from search.dimensions import OPTIMIZER, OPTIMIZER_PARAMS, OPTIMIZERS, SPACE_DIMENSIONS, Dimension
 from search.errors import ExperimentError
 from search.space import grid_points, varying_architecture_dims
@@ -114,7 +114,7 @@ class SearchSection(_Strict):
 
     @model_validator(mode="after")
     def _mode(self) -> SearchSection:
-        natural = "min" if self.metric.endswith("loss") else "max"
+        natural = metric_mode(self.metric)
         if self.mode is None:
             self.mode = natural
         elif self.mode != natural:

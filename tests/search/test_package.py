@@ -31,7 +31,7 @@ from search.schema import ExperimentError, load_experiment
 REPO = Path(__file__).resolve().parents[2]
 REPO_EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
 # What the wheel must hold, and what it must not: tests, benchmarks and examples stay in the repo.
-PACKAGES = {"models", "data_pipeline", "search", "analysis", "experiments"}
+PACKAGES = {"models", "data_pipeline", "rundir", "search", "analysis", "experiments"}
 NOT_SHIPPED = {"tests", "benchmarks", "examples", "build"}
 # Not needed to build a wheel; copying them would only cost time (or pick up stale output).
 COPY_IGNORE = shutil.ignore_patterns(
