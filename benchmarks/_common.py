@@ -83,10 +83,11 @@ def trial_data(images, labels, train_idx, val_idx, classes: int):
     """Hand-made TrialData for a benchmark that times the Trainer on arrays of its own."""
     import numpy as np
 
+    from search.images import ImageSource
     from search.inputs import TrialData
 
     return TrialData(
-        images=images,
+        source=ImageSource(images),
         labels=labels,
         train_idx=train_idx,
         val_idx=val_idx,

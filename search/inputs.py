@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.errors import ExperimentError
+from search.images import ImageSource, start_image_server
 
 if TYPE_CHECKING:
     import numpy as np
@@ -19,10 +20,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, eq=False)
 class TrialData:
-    """The decoded images and how they are split. Shared with every trial (Ray's object store
-    keeps one copy per node); nothing in it is changed after it is built."""
+    """The decoded images and how they are split, shared with every trial; nothing in it is
+    changed after it is built. The images travel as a reference to the cache file (see
+    `search.images`): each trial memory-maps it, so a node holds one copy, the page cache's."""
 
-    images: np.ndarray  # uint8 [N, 3, S, S]
+    source: ImageSource  # the images, as `images` gives them in the process that uses them
     labels: np.ndarray  # int64 [N]
     train_idx: np.ndarray  # rows trials train on
     val_idx: np.ndarray  # rows trials report val_* metrics on
@@ -31,6 +33,11 @@ class TrialData:
     mean: tuple[float, ...]  # per channel, of the training rows, in [0, 1] units
     std: tuple[float, ...]
     init_state: dict[str, Any] | None = None  # train.same_init's start weights
+
+    @property
+    def images(self) -> np.ndarray:
+        """uint8 [N, 3, S, S], read-only where it is a memory map of the cache file."""
+        return self.source.array()
 
     @property
     def num_classes(self) -> int:
@@ -94,6 +101,16 @@ def with_init_state(
     return dataclasses.replace(data, init_state=state)
 
 
+def for_cluster(data: TrialData, address: str | None) -> TrialData:
+    """`data` as trials on other machines reach it: joined to a cluster (`--address`), the
+    driver starts an image server next to the cache file for nodes that do not have it. Call
+    inside `ray_session`."""
+    if not address or data.source.file is None:
+        return data
+    source = data.source.with_server(start_image_server(data.source))
+    return dataclasses.replace(data, source=source)
+
+
 def load_data(exp: Experiment, *, folds: int | None = None, progress: bool = True) -> TrialData:
     """Decode (or reuse) the cache of the experiment's folder. `folds` overrides data.folds."""
     import numpy as np
@@ -124,7 +141,7 @@ def load_data(exp: Experiment, *, folds: int | None = None, progress: bool = Tru
     except DatasetError as e:
         raise ExperimentError(f"data.folder: {e}") from None
     return TrialData(
-        images=np.ascontiguousarray(cache.images),
+        source=ImageSource(cache.images),  # the cache's memory map: no copy here either
         labels=np.asarray(cache.labels, dtype=np.int64),
         train_idx=np.asarray(cache.indices("train"), dtype=np.int64),
         val_idx=np.asarray(cache.indices("test"), dtype=np.int64),

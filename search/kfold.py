@@ -30,7 +30,7 @@ from rundir import (
 )
 from search.errors import ExperimentError
 from search.export import read_results, tune_statuses
-from search.inputs import TrialData, TrialSettings, load_data, with_init_state
+from search.inputs import TrialData, TrialSettings, for_cluster, load_data, with_init_state
 from search.schema import Experiment, load_experiment
 from search.session import ray_session
 from search.tune_setup import restore_tuner, run_config, trainable, trial_dirname
@@ -191,7 +191,8 @@ def run_kfold(
     data = with_init_state(exp, load_data(exp, folds=k, progress=progress), settings, run_dir)
     interrupted = False
     with ray_session(address):
-        fold_trainable = trainable(exp, fold_trial, data=data, settings=settings, configs=configs)
+        shared = for_cluster(data, address)
+        fold_trainable = trainable(exp, fold_trial, data=shared, settings=settings, configs=configs)
         if (kfold_dir / TUNER_FILE).exists():
             tuner = restore_tuner(kfold_dir, fold_trainable)
         else:

@@ -16,7 +16,7 @@ from typing import Any
 from rundir import EXPERIMENT_FILE, TUNER_FILE, VERSIONS_FILE, write_text
 from search.errors import ExperimentError
 from search.export import export_run, library_versions
-from search.inputs import TrialData, TrialSettings, load_data, with_init_state
+from search.inputs import TrialData, TrialSettings, for_cluster, load_data, with_init_state
 from search.schema import Experiment, load_experiment
 from search.session import ray_session
 from search.tune_setup import new_tuner, restore_tuner, search_trainable
@@ -66,7 +66,7 @@ def run(
     settings = TrialSettings.from_experiment(exp)
     data = with_init_state(exp, data, settings, run_dir)
     with ray_session(address, discard=run_dir):
-        tuner = new_tuner(exp, run_dir, data, settings)
+        tuner = new_tuner(exp, run_dir, for_cluster(data, address), settings)
         tables, interrupted = _fit_and_export(tuner, exp, run_dir, data)
     return run_dir, tables, interrupted
 
@@ -85,7 +85,7 @@ def resume(
     settings = TrialSettings.from_experiment(exp)
     data = with_init_state(exp, load_data(exp, progress=progress), settings, run_dir)
     with ray_session(address):
-        trainable = search_trainable(exp, data, settings)
+        trainable = search_trainable(exp, for_cluster(data, address), settings)
         tables, interrupted = _fit_and_export(restore_tuner(run_dir, trainable), exp, run_dir, data)
         if not interrupted and _lost_checkpoints(tables):
             # Tune deletes a trial's older checkpoint before its state snapshot points at the

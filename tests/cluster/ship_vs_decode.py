@@ -11,13 +11,14 @@ machines the transfer is bound by the network instead: 309 MB take about 0.3 s a
 and 2.5 s at 1 Gbit/s, while decoding on a node also needs the JPEGs there (169 MB through
 NFS) and its cores: one core takes 7.85 s (bench_data), so 8 cores need at least 1 s.
 
-hpsearch builds the cache once on the driver (the head node) and `tune.with_parameters` puts
-the arrays into Ray's object store once; a trial on another node fetches them on first use
-(a node that joins late too). The alternative is to decode the image folder on every node.
+hpsearch builds the cache once on the driver (the head node); trials on a node that has the
+cache file memory-map it, and a trial on another node fetches the arrays once through Ray's
+object store from the driver's image server (`search.images`), on first use (a node that
+joins late too). The alternative is to decode the image folder on every node.
 This script starts a local two-node cluster (the drills' `LocalCluster`: `ray start` head and
 worker on this machine; the transfer runs through Ray's object managers over loopback TCP, as
 between machines, without a real network's bandwidth limit) and times, per dataset:
-  put      ray.put of the arrays on the head (what tune.with_parameters does once per search)
+  put      ray.put of the arrays on the head (what the image server does on first request)
   ship     the first ray.get of them in a (warm) process on the worker node
   decode   what that node would do instead: data_pipeline.prepare from the image folder
            (scan, split, decode in parallel shards into a fresh cache) plus reading the arrays,
@@ -104,7 +105,7 @@ def _measure(cluster, work: Path, repeat: int) -> list[tuple]:
     def fetch(box: list) -> tuple[float, int, str]:
         t0 = time.perf_counter()
         data = ray.get(box[0])
-        nbytes = sum(v.nbytes for v in vars(data).values() if isinstance(v, np.ndarray))
+        nbytes = sum(v.nbytes for v in data.values())
         return time.perf_counter() - t0, nbytes, ray.get_runtime_context().get_node_id()
 
     @ray.remote(num_cpus=cores, scheduling_strategy=on_worker)
@@ -123,7 +124,7 @@ def _measure(cluster, work: Path, repeat: int) -> list[tuple]:
         puts, ships = [], []
         for _ in range(repeat):
             t0 = time.perf_counter()
-            ref = ray.put(data)
+            ref = ray.put({"images": np.ascontiguousarray(data.images), "labels": data.labels})
             puts.append(time.perf_counter() - t0)
             seconds, nbytes, node = ray.get(fetch.remote([ref]))
             assert node == other

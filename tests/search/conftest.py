@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from search.images import ImageSource
 from search.inputs import TrialData, TrialSettings
 
 
 def _tiny_data(n: int = 48, size: int = 16, classes: int = 3) -> TrialData:
     rng = np.random.default_rng(0)
     return TrialData(
-        images=rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8),
+        source=ImageSource(rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8)),
         labels=np.arange(n) % classes,
         train_idx=np.arange(n * 2 // 3),
         val_idx=np.arange(n * 2 // 3, n),
