@@ -1,9 +1,14 @@
 """`Batches`: shuffled, normalised mini-batches sliced from a decoded uint8 array.
 
-No DataLoader and no decode in the loop (airbench's recipe): on a GPU the uint8 images
-are copied to the device once, at construction, and every batch is an index_select, a
-cast and one fused multiply-add there; on the CPU each batch is a numpy gather from the
-(possibly memory-mapped, possibly read-only) array and the same arithmetic in numpy.
+No DataLoader and no decode in the loop (airbench's recipe). Three placements of the images:
+- `device` (resident): on a GPU the selected uint8 images are copied to the device once, at
+  construction, and every batch is an index_select, a cast and one fused multiply-add there;
+- `stream`: each batch is gathered from the shared host array into pinned memory and copied to
+  the device without blocking, on a side CUDA stream, one batch ahead (the next batch is on its
+  way while the current one trains); nothing of the images stays on the device;
+- `host`: on the CPU each batch is a numpy gather from the (possibly memory-mapped, possibly
+  read-only) array and the same arithmetic in numpy.
+The host array is only ever read.
 
 Epoch e of seed s always visits the images in the same order, on any device: the order
 and the augmentation draws come from CPU `torch.Generator`s seeded from (s, e).
@@ -79,7 +84,12 @@ class Batches:
     (default S // 16) and a horizontal flip. Each `iter()` runs the next epoch;
     `set_epoch(e)` jumps to epoch e (e.g. after resuming from a checkpoint).
     `resident` keeps the selected images as one tensor on `device` (default: on any
-    non-CPU device); otherwise each batch is gathered from the numpy array.
+    non-CPU device); otherwise each batch is gathered from the host array. `stream` (default:
+    when not resident on a non-CPU device) gathers the next batch and starts its copy to
+    `device` before the current one is handed out, through pinned memory (`pin_memory`,
+    default: on CUDA) and a side CUDA stream; on the CPU the same code runs without either
+    (what the tests compare with the resident path). `placement` says which of the three
+    (`device`, `stream`, `host`) this iterator uses.
     """
 
     def __init__(
@@ -100,6 +110,8 @@ class Batches:
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
         resident: bool | None = None,
+        stream: bool | None = None,
+        pin_memory: bool | None = None,
     ) -> None:
         if images.ndim != 4 or images.shape[1] != 3 or images.dtype not in (np.uint8, torch.uint8):
             raise ValueError(
@@ -125,6 +137,14 @@ class Batches:
             raise ValueError(f"crop_padding = {crop_padding}: use 0..{size - 1}")
         self.device = torch.device(device)
         self.resident = self.device.type != "cpu" if resident is None else bool(resident)
+        on_host = not self.resident
+        self.stream = on_host and self.device.type != "cpu" if stream is None else bool(stream)
+        if self.resident and self.stream:
+            raise ValueError("resident and stream exclude each other: pass at most one of them")
+        if self.stream and isinstance(images, torch.Tensor) and images.device.type != "cpu":
+            raise ValueError(f"stream gathers batches on the host: images are on {images.device}")
+        cuda = self.device.type == "cuda"
+        self.pin_memory = self.stream and cuda if pin_memory is None else bool(pin_memory)
         self.batch_size = batch_size
         self.shuffle, self.seed, self.drop_last, self.augment = shuffle, seed, drop_last, augment
         self.channels_last, self.dtype = channels_last, dtype
@@ -208,6 +228,12 @@ class Batches:
     def num_images(self) -> int:
         return self._n
 
+    @property
+    def placement(self) -> str:
+        """Where the images live: `device` (resident), `stream` (host, copied one batch ahead)
+        or `host` (gathered per batch, on the CPU)."""
+        return "device" if self.resident else "stream" if self.stream else "host"
+
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next `iter()` runs."""
         self.epoch = int(epoch)
@@ -227,17 +253,63 @@ class Batches:
 
     def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         positions = self._positions(epoch)
+        chunks = [
+            positions[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))
+        ]
         draws = _generator(self.seed, epoch, 1) if self.augment else None
-        for i in range(len(self)):
-            pos = positions[i * self.batch_size : (i + 1) * self.batch_size]
-            images, labels = self._take(pos)
+        taken = self._streamed(chunks) if self.stream else map(self._take, chunks)
+        for images, labels in taken:
             if draws is not None:
-                p = self.crop_padding
-                dy = torch.randint(-p, p + 1, (len(pos),), generator=draws)
-                dx = torch.randint(-p, p + 1, (len(pos),), generator=draws)
-                flip = torch.rand(len(pos), generator=draws) < 0.5
+                # Drawn in batch order whatever the placement: the same crops and flips.
+                p, n = self.crop_padding, len(labels)
+                dy = torch.randint(-p, p + 1, (n,), generator=draws)
+                dx = torch.randint(-p, p + 1, (n,), generator=draws)
+                flip = torch.rand(n, generator=draws) < 0.5
                 images = crop_flip(images, dy, dx, flip)
             yield self._normalise(images), labels
+
+    def _streamed(self, chunks: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of `chunks` (positions), each gathered on the host and copied to the device
+        while the one before is in use: batch i+1 is staged before batch i is handed out."""
+        side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        ahead = self._stage(chunks[0], side) if chunks else None
+        for i in range(len(chunks)):
+            images, labels, done = ahead
+            ahead = self._stage(chunks[i + 1], side) if i + 1 < len(chunks) else None
+            if done is not None:
+                torch.cuda.current_stream(self.device).wait_event(done)
+            yield images, labels
+
+    def _stage(
+        self, pos: torch.Tensor, side: torch.cuda.Stream | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
+        """Gather one batch into (pinned) host memory and start its copy to the device."""
+        rows = self._index[pos.numpy()]
+        host = torch.empty(
+            (len(rows), *self._images.shape[1:]), dtype=torch.uint8, pin_memory=self.pin_memory
+        )
+        if isinstance(self._images, torch.Tensor):
+            torch.index_select(self._images, 0, torch.from_numpy(rows), out=host)
+        else:
+            # One copy, straight from the (read-only, memory-mapped) array into the buffer.
+            np.take(self._images, rows, axis=0, out=host.numpy(), mode="clip")
+        labels = self._labels[pos]
+        if self.pin_memory:
+            labels = labels.pin_memory()
+        if side is None:
+            return host.to(self.device), labels.to(self.device), None
+        # The device buffers belong to the current stream (the one training on them); the side
+        # stream first waits for the work queued there so far, which may still read memory the
+        # allocator hands out again here, then copies while the next step runs. The caching host
+        # allocator keeps each pinned buffer until its copy is done.
+        main = torch.cuda.current_stream(self.device)
+        images = torch.empty(host.shape, dtype=torch.uint8, device=self.device)
+        labels_d = torch.empty(labels.shape, dtype=labels.dtype, device=self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            images.copy_(host, non_blocking=True)
+            labels_d.copy_(labels, non_blocking=True)
+        return images, labels_d, side.record_event()
 
     def _take(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.resident:

@@ -152,7 +152,7 @@ def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str
         row: dict[str, Any] = {"trial_id": trial_id, "status": status}
         row.update({k: v for k, v in config.items() if not isinstance(v, dict | list)})
         first = results[0] if results else {}
-        for key in ("params", "macs", "precision", "channels_last", "device"):
+        for key in ("params", "macs", "precision", "channels_last", "device", "data_placement"):
             row[key] = first.get(key)
         for key, value in first.items():
             if key.startswith("model_"):

@@ -69,6 +69,7 @@ class TrialSettings:
     mode: str
     cpus: float
     gpus: float
+    data_on_device: str | float = "auto"  # train.data_on_device
 
     @classmethod
     def from_experiment(cls, exp: Experiment, **changes: Any) -> TrialSettings:
@@ -84,6 +85,7 @@ class TrialSettings:
             mode=exp.search.mode,
             cpus=exp.resources.cpus,
             gpus=exp.resources.gpus,
+            data_on_device=exp.train.data_on_device,
         )
         return dataclasses.replace(settings, **changes)
 

@@ -8,6 +8,7 @@ field holding its typed domain (`Fixed`, `Choices`, `Range`), written back in it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -155,6 +156,30 @@ class TrainSection(_Strict):
     augment: bool = False  # on-device random crop + flip
     eval_batch_size: int = Field(512, ge=1)
     same_init: SameInit | None = None  # every trial starts from one SGD warm-up's weights
+    # Where a GPU trial keeps its images: auto (resident within its share of the GPU's free
+    # memory, else streamed from host memory), always, never, or a size in GB per trial (e.g. 6)
+    data_on_device: str | float = "auto"
+
+    @field_validator("data_on_device", mode="before")
+    @classmethod
+    def _data_on_device(cls, v: Any) -> str | float:
+        from search.trainable import PLACEMENTS
+
+        text = v.strip().lower() if isinstance(v, str) else v
+        if isinstance(text, str) and text.removesuffix("gb").strip():
+            try:  # "6GB", "6 GB", "6"
+                text = float(text.removesuffix("gb").strip())
+            except ValueError:
+                pass
+        if text in PLACEMENTS:
+            return text
+        if isinstance(text, int | float) and not isinstance(text, bool) and 0 < text < math.inf:
+            return float(text)
+        raise ValueError(
+            f"{v!r} is not a placement: use auto (resident within the trial's share of the GPU's "
+            "free memory, else streamed), always, never (stream every batch from host memory) "
+            "or a size in GB per trial, e.g. 6"
+        )
 
 
 class ResourcesSection(_Strict):

@@ -4,21 +4,73 @@ sliced from the shared cache arrays, report metrics and a checkpoint after every
 Every epoch reports `train_loss`, `train_accuracy`, `train_macro_precision`, `val_loss`,
 `val_accuracy`, `val_macro_precision` (torchmetrics), `seconds`, `images_per_s`, the per-step
 training losses (`step_loss`) and the validation confusion matrix (`confusion`). `status` is
-`running`, or `infeasible` / `diverged` on the trial's last report.
+`running`, or `infeasible` / `diverged` on the trial's last report. Every report also carries
+the trial's facts: model shape, `precision`, `channels_last`, `device` and `data_placement`.
+
+Trials packed on one GPU share it: a trial keeps its images resident on the device only within
+its share of the device's memory (`placement`), else streams them from the node's one host copy.
+Whatever a trial held (model, optimizer, device-resident images) is released when it ends, so
+the next trial on a reused actor starts on an empty device.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import tempfile
 import time
+import traceback
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from search.inputs import TrialData, TrialSettings
 
 CHECKPOINT_FILE = "state.pt"
+
+# `train.data_on_device: auto` keeps a trial's images on the GPU when they take at most this
+# share of the device's free memory divided among the trials packed on it; the rest of each
+# trial's share is left to the model, optimizer state, activations and cuDNN's workspaces.
+DEVICE_SHARE = 0.5
+PLACEMENTS = ("auto", "always", "never")  # or a size in GB per trial
+
+
+def trials_per_device(gpus: float) -> int:
+    """How many trials Ray packs on one GPU with `resources.gpus: gpus` (1 / gpus, rounded
+    down, at least 1)."""
+    return max(1, math.floor(1 / gpus + 1e-9)) if gpus > 0 else 1
+
+
+def placement(
+    images_bytes: int, free_bytes: int, trials_per_device: int, setting: str | float = "auto"
+) -> str:
+    """`device` (keep the trial's images resident on the GPU) or `stream` (copy each batch from
+    the host). `setting` is `train.data_on_device`: `always`, `never`, a budget in GB (1e9
+    bytes) per trial, or `auto`: a budget of DEVICE_SHARE x free_bytes / trials_per_device."""
+    if setting == "always":
+        return "device"
+    if setting == "never":
+        return "stream"
+    if setting == "auto":
+        budget = DEVICE_SHARE * free_bytes / max(1, int(trials_per_device))
+    elif isinstance(setting, int | float) and not isinstance(setting, bool) and setting > 0:
+        budget = float(setting) * 1e9
+    else:
+        raise ValueError(
+            f"data_on_device {setting!r}: use auto, always, never or a size in GB, e.g. 6"
+        )
+    return "device" if images_bytes <= budget else "stream"
+
+
+def data_placement(device: str, images_bytes: int, settings: TrialSettings) -> str:
+    """The trial's placement: `host` on the CPU, else `placement` with the free memory of the
+    trial's GPU now (before its model is built)."""
+    if not device.startswith("cuda"):
+        return "host"
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    return placement(images_bytes, free, trials_per_device(settings.gpus), settings.data_on_device)
 
 
 def choose_precision(requested: str, device: str) -> str:
@@ -136,10 +188,13 @@ class Trainer:
 
         torch.set_num_threads(max(1, int(settings.cpus)))
         self.device = "cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu"
+        image_bytes = (len(train_idx) + len(val_idx)) * math.prod(data.images.shape[1:])
+        self.data_placement = data_placement(self.device, image_bytes, settings)
         self.precision = choose_precision(settings.precision, self.device)
         fast = self.precision == "bf16"
+        device_type = self.device.split(":")[0]  # not `self`: no cycle keeps a trial alive
         self._autocast = (
-            (lambda: torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16))
+            (lambda: torch.autocast(device_type=device_type, dtype=torch.bfloat16))
             if fast
             else contextlib.nullcontext
         )
@@ -159,6 +214,7 @@ class Trainer:
             mean=data.mean,
             std=data.std,
             channels_last=self.channels_last,
+            resident=self.data_placement == "device",
         )
         self.train_batches = Batches(
             data.images,
@@ -183,6 +239,20 @@ class Trainer:
         )
         self._acc = MulticlassAccuracy(self.num_classes, average="micro").to(self.device)
         self._prec = MulticlassPrecision(self.num_classes, average="macro").to(self.device)
+
+    def close(self) -> None:
+        """Drop the model, optimizer, metrics and batches (with any device-resident images), so
+        their memory is free even while something (a traceback) still holds the trainer."""
+        for name in (
+            "model",
+            "optimizer",
+            "train_batches",
+            "eval_train_batches",
+            "val_batches",
+            "_acc",
+            "_prec",
+        ):
+            self.__dict__.pop(name, None)
 
     def weights_digest(self) -> str:
         """A fingerprint of the current weights (same digest = identical weights)."""
@@ -237,17 +307,38 @@ def first_non_finite(values: list[float]) -> int | None:
     return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
 
 
+def release_device_memory() -> None:
+    """Collect what a finished trial left unreachable and, on CUDA, hand the allocator's cached
+    blocks back to the device (for the other trials packed on it)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def train_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSettings) -> None:
     """Ray Tune function trainable. `data` holds the cache arrays (shared through the object
     store), `settings` the experiment's fixed training settings. With `fold` in the config it
     trains on the other folds, validates on that one, and at the end also evaluates the
-    training folds (for the k-fold train-vs-test error estimates)."""
-    import ray
-    import torch
+    training folds (for the k-fold train-vs-test error estimates).
+
+    With `reuse_actors` the next trial runs in the same process: whatever this one held on the
+    device is released when it returns or raises (an exception's traceback would otherwise keep
+    the frames, and with them the model, optimizer and images, alive: ray-project/ray#32725)."""
+    try:
+        _run_trial(config, data=data, settings=settings)
+    except BaseException as e:
+        traceback.clear_frames(e.__traceback__)  # the locals of the frames it passed through
+        raise
+    finally:
+        release_device_memory()
+
+
+def _run_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSettings) -> None:
     from ray import tune
 
-    from models import InfeasibleArchitecture, count_macs, count_params
-    from search.dimensions import encode_layers
+    from models import InfeasibleArchitecture
     from search.space import model_config
 
     metric, mode = settings.metric, settings.mode
@@ -260,6 +351,21 @@ def train_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSetti
         return
     train_idx, val_idx = data.split(config.get("fold"))
     trainer = Trainer(cfg, config, data, settings, train_idx=train_idx, val_idx=val_idx)
+    try:
+        _train(trainer, cfg, config, settings)
+    finally:
+        trainer.close()
+
+
+def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSettings) -> None:
+    import ray
+    import torch
+    from ray import tune
+
+    from models import count_macs, count_params
+    from search.dimensions import encode_layers
+
+    metric, mode = settings.metric, settings.mode
     facts = {
         "params": count_params(cfg),
         "macs": count_macs(cfg),
@@ -272,6 +378,7 @@ def train_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSetti
         "precision": trainer.precision,
         "channels_last": trainer.channels_last,
         "device": trainer.device,
+        "data_placement": trainer.data_placement,  # device, stream (GPU) or host (CPU)
         "init_digest": trainer.weights_digest(),
         # Which Ray node ran the epoch: node IPs coincide for nodes sharing a machine.
         "node_id": ray.get_runtime_context().get_node_id(),
@@ -286,6 +393,7 @@ def train_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSetti
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
+        del state  # a second copy of the weights, on the trial's device
 
     epochs = settings.epochs
     for epoch in range(start_epoch, epochs):

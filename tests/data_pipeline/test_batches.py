@@ -167,3 +167,73 @@ def test_bad_arrays_are_rejected(arrays) -> None:
         Batches(images.astype(np.float32), labels, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="one label per image"):
         Batches(images, labels[:-1], mean=MEAN, std=STD)
+
+
+def _read_only_memmap(tmp_path, images: np.ndarray) -> np.ndarray:
+    """The images as the trials get them: a read-only memory map of a cache file."""
+    path = tmp_path / "images.u8"
+    images.tofile(path)
+    return np.memmap(path, dtype=np.uint8, mode="r", shape=images.shape)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(batch_size=5, shuffle=False),
+        dict(batch_size=4, seed=3, augment=True, crop_padding=2),
+        dict(batch_size=6, seed=5, drop_last=True, indices=np.arange(2, 21)),
+        dict(batch_size=23, seed=1, augment=True),  # one batch: nothing to prefetch
+    ],
+)
+def test_streaming_yields_the_resident_batches(tmp_path, arrays, options) -> None:
+    """Resident on the device, streamed through (pinned) host buffers one batch ahead, or
+    gathered per batch: the same batches in the same order with the same values, epoch by
+    epoch (shuffle, augmentation, set_epoch). Here on the CPU, pinning off: the logic of the
+    GPU's streaming path without the device."""
+    images = _read_only_memmap(tmp_path, arrays[0])
+    labels = arrays[1]
+    make = dict(mean=MEAN, std=STD, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "not writable" warning
+        resident = Batches(images, labels, resident=True, **make)
+        streamed = Batches(images, labels, stream=True, pin_memory=False, **make)
+        host = Batches(images, labels, **make)
+        assert (resident.placement, streamed.placement, host.placement) == (
+            "device",
+            "stream",
+            "host",
+        )
+        for epoch in (0, 1, 4):
+            for b in (resident, streamed, host):
+                b.set_epoch(epoch)
+            batches = [list(b) for b in (resident, streamed, host)]
+            assert len(batches[0]) == len(resident) > 0
+            for (xr, yr), (xs, ys), (xh, yh) in zip(*batches, strict=True):
+                assert torch.equal(xr, xs) and torch.equal(yr, ys)
+                assert torch.equal(xh, xs) and torch.equal(yh, ys)
+    assert np.array_equal(images, arrays[0])  # the shared host copy is only read
+
+
+def test_streaming_options_and_errors(arrays) -> None:
+    streamed = _batches(arrays, stream=True, pin_memory=False, batch_size=4, seed=2)
+    evaluation = streamed.with_options(batch_size=7, shuffle=False)
+    assert evaluation.placement == "stream" and evaluation._images is streamed._images
+    assert streamed._images is arrays[0]  # the caller's host array, no copy of it
+    x, _ = _epoch(evaluation)
+    assert torch.equal(x, _epoch(_batches(arrays, batch_size=7, shuffle=False))[0])
+    assert not _batches(arrays).stream  # on the CPU the default stays the per-batch gather
+    with pytest.raises(ValueError, match="exclude each other"):
+        _batches(arrays, resident=True, stream=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_streaming_on_cuda_matches_resident(tmp_path, arrays) -> None:
+    """On a GPU: pinned buffers, a side stream, the copy of the next batch in flight."""
+    images = _read_only_memmap(tmp_path, arrays[0])
+    make = dict(mean=MEAN, std=STD, batch_size=4, seed=3, augment=True, device="cuda")
+    resident = Batches(images, arrays[1], **make)
+    streamed = Batches(images, arrays[1], resident=False, **make)
+    assert resident.placement == "device" and streamed.placement == "stream"
+    assert streamed.pin_memory
+    for (xr, yr), (xs, ys) in zip(resident, streamed, strict=True):
+        assert xs.device.type == "cuda" and torch.equal(xr, xs) and torch.equal(yr, ys)

@@ -114,3 +114,66 @@ def test_channels_last_changes_speed_not_results(monkeypatch, make_trainer):
     assert a["step_loss"] == pytest.approx(b["step_loss"], rel=1e-4)
     for p, q in zip(fast.model.parameters(), plain.model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("first_raises", [False, True], ids=["returns", "raises"])
+def test_a_trial_releases_its_memory_before_the_next_one_on_the_actor(
+    monkeypatch, tiny_data, tiny_settings, first_raises
+):
+    """Two trials in one process, as Tune runs them on a reused actor: when the second one
+    starts, nothing of the first is left (model, optimizer, device-resident images), even while
+    the first one's exception, traceback and frames are still held (Tune keeps a trial's error;
+    ray-project/ray#32725), and the allocator's cached CUDA blocks are handed back after each."""
+    import types
+    import weakref
+
+    import ray
+    from ray import tune
+
+    from search import trainable
+
+    # Resident images, on the CPU: what a GPU trial within its memory budget holds.
+    monkeypatch.setattr(trainable, "data_placement", lambda *a: "device")
+    held: list[list[weakref.ref]] = []
+    alive_when_starting: list[int] = []
+
+    class Watched(trainable.Trainer):
+        def __init__(self, *args, **kwargs):
+            alive_when_starting.append(sum(r() is not None for refs in held for r in refs))
+            super().__init__(*args, **kwargs)
+            assert self.train_batches.placement == "device"
+            objects = (self.model, self.optimizer, self.train_batches._images)
+            held.append([weakref.ref(o) for o in (*objects, self.val_batches._images)])
+
+    monkeypatch.setattr(trainable, "Trainer", Watched)
+    reports = []
+
+    def report(result, checkpoint=None):
+        reports.append(result)
+        if first_raises and len(reports) == 1:
+            raise RuntimeError("the trial failed")
+
+    node = types.SimpleNamespace(get_node_id=lambda: "node")
+    monkeypatch.setattr(tune, "report", report)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: node)
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(len(reports)))
+
+    config = {"arch": "FlatAlexNet", "width": 0.125, "mlp": "16", "optimizer": "sgd", "lr": 0.05}
+    data, settings = tiny_data(), tiny_settings(epochs=2)
+    kept = None
+    if first_raises:
+        with pytest.raises(RuntimeError, match="the trial failed") as kept:
+            trainable.train_trial(config, data=data, settings=settings)
+        assert kept.value.__traceback__ is not None  # still held, with its frames
+    else:
+        trainable.train_trial(config, data=data, settings=settings)
+    trainable.train_trial(config, data=data, settings=settings)
+    assert len(held) == 2
+    assert alive_when_starting == [0, 0]  # nothing of trial 1 when trial 2 started
+    assert all(r() is None for refs in held for r in refs)  # nor of trial 2 after it
+    assert emptied == ([1, 3] if first_raises else [2, 4])  # after each trial
+    assert reports[-1]["data_placement"] == "device" and reports[-1]["device"] == "cpu"
+    del kept
