@@ -13,15 +13,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 logger = logging.getLogger(__name__)
 
 
 class ResumableOptunaSearch(OptunaSearch):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    """`max_epochs`: a trial that ends before it (ASHA stopped it) is told to Optuna as PRUNED,
+    not COMPLETE with its early score: the study keeps its per-epoch intermediate values, and
+    TPE ranks it below the trials that went further instead of as if the score were final."""
+
+    def __init__(self, *args: Any, max_epochs: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unknown_warned: set[str] = set()
+        self._max_epochs = max_epochs
 
     def _known(self, trial_id: str) -> bool:
         if trial_id in self._ot_trials or trial_id in self._completed_trials:
@@ -43,5 +49,23 @@ class ResumableOptunaSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        if self._known(trial_id):
+        if not self._known(trial_id):
+            return
+        if not self._stopped_early(result, error):
             super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        except Exception as exc:  # noqa: BLE001 - as the stock searcher: warn, go on
+            logger.warning(exc)
+        self._completed_trials.add(trial_id)
+
+    def _stopped_early(self, result: dict[str, Any] | None, error: bool) -> bool:
+        # Infeasible and diverged trials end early too, but with the worst score on purpose.
+        return (
+            not error
+            and self._max_epochs is not None
+            and bool(result)
+            and result.get("status") == "running"
+            and int(result.get("epoch", 0)) < self._max_epochs
+        )

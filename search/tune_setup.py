@@ -67,6 +67,7 @@ def searcher(exp: Experiment, run_dir: Path):
         sampler=sampler,
         study_name=exp.name,
         storage=storage,
+        max_epochs=exp.train.epochs,
     )
     return ConcurrencyLimiter(search, max_concurrent=max_concurrent(exp))
 

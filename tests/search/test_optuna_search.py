@@ -48,3 +48,35 @@ def test_known_trials_still_reach_the_study():
     searcher.on_trial_complete("a", result={**RESULT, "val_accuracy": 0.75})
     done = searcher._ot_study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     assert [t.value for t in done] == [0.75]
+
+
+def test_trials_stopped_early_are_pruned_with_their_intermediate_values():
+    searcher = ResumableOptunaSearch(
+        space={"lr": tune.loguniform(1e-3, 1e-1)},
+        metric="val_accuracy",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        max_epochs=3,
+    )
+    for trial_id, epochs, status in [("full", 3, "running"), ("asha", 1, "running")]:
+        searcher.suggest(trial_id)
+        for e in range(1, epochs + 1):
+            result = {
+                "val_accuracy": 0.2 * e,
+                "training_iteration": e,
+                "epoch": e,
+                "status": status,
+            }
+            searcher.on_trial_result(trial_id, result)
+        searcher.on_trial_complete(trial_id, result=result)
+    searcher.suggest("diverged")
+    bad = {"val_accuracy": 0.0, "training_iteration": 1, "epoch": 1, "status": "diverged"}
+    searcher.on_trial_result("diverged", bad)
+    searcher.on_trial_complete("diverged", result=bad)
+    trials = {t.number: t for t in searcher._ot_study.get_trials()}
+    full, asha, diverged = trials[0], trials[1], trials[2]
+    assert full.state == optuna.trial.TrialState.COMPLETE and full.value == pytest.approx(0.6)
+    assert asha.state == optuna.trial.TrialState.PRUNED
+    assert asha.intermediate_values == {1: pytest.approx(0.2)}
+    # the worst score on purpose: TPE learns to avoid it
+    assert diverged.state == optuna.trial.TrialState.COMPLETE and diverged.value == 0.0
