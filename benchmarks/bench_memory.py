@@ -1,6 +1,19 @@
 """One copy of the images per node, and the time from `hpsearch run` to the first trial training.
 
-Not measured yet at full size: see benchmarks/README.md for the latest figures.
+Measured 2026-12-02, `python -m benchmarks bench_memory`, on a 2-core Intel Xeon VM with AMX (no
+GPU; load average 0.7 at the start, 3.2 at the end: another job decoded photos meanwhile),
+29,008 photos of 500x375 in 28 classes -> 227 px, a 4.48 GB cache:
+  hpsearch run      175.3 s wall; shared memory +0.30 GB (0.07 of the cache; target <= 0.25:
+                    met); first trial training 24.3 s after the command started (target
+                    <= 15 s: NOT met)
+  baseline          tune.with_parameters(images=...): shared memory +4.48 GB (1.00 of the cache)
+Where the 24 s go (measured apart, the same load): the CLI with the experiment's validation
+~3 s (validating `arch` imports the model presets, so torch), opening the cache 0.35 s, Ray's
+start 5-9 s, and the first trial actor's start and imports ~10 s (torch 2.2 s, torchmetrics,
+which imports all of torchvision and torch._dynamo through its image metrics, 3.6 s more,
+ray.tune 1.5 s). Prestarting Ray's workers with those modules preloaded
+(`_system_config={"preload_python_modules": [...]}`) was slower here (31-36 s vs 22-26 s in
+alternating runs under load): the prestarted workers import torch while the driver works.
 
 What is measured, on one generated folder of photo-sized JPEGs (bench_data's generator; the
 seed's scale by default: 29,008 photos of 500x375 in 28 classes at 227 px), with the cache
