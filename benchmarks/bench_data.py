@@ -7,7 +7,7 @@ no GPU; shared with other engineers, run while it was idle), torch 2.14.1, Pillo
   one epoch     ImageFolder+DataLoader 7.92 s (252 img/s), Batches 0.33 s (6,079 img/s;
                 first epoch 1.09 s, memmap pages still cold): 24x (target 100x: NOT met on CPU)
   fidelity      cached pixels vs a full decode + Resize + CenterCrop: mean |diff| 0.88, max 24
-                levels of 255 (draft-mode JPEG decoding; the max is at sharp edges)
+                levels of 255 (reduced-scale JPEG decoding, 1/2 here; the max is at sharp edges)
 On the CPU an epoch of Batches is bound by writing N x 3 x 227 x 227 float32 (1.2 GB for 2000
 images): about 0.3 s here whatever the loader, so 100x over an 8 s DataLoader epoch is out of
 reach on 2 cores; the target assumes the GPU path (uint8 images resident on the device, one
@@ -22,8 +22,8 @@ What is compared, on one generated folder of photo-like 640x480 JPEGs in 10 clas
   batch 150, num_workers = all cores; workers restart every epoch, as in the seed).
   Target: >= 100x.
 - building the cache with all cores vs one process (workers=1). Target: >= 1.8x on 2 cores.
-- fidelity: cached pixels vs the seed's transforms on the same files (draft-mode JPEG
-  decoding makes them differ by a few levels of 255).
+- fidelity: cached pixels vs the seed's transforms on the same files (JPEGs decoded at a
+  reduced scale, m/8, make them differ by a few levels of 255; see data_pipeline.decode).
 
 Run: `python -m benchmarks bench_data` (full size) or with `--smoke` (tiny, measures nothing).
 """

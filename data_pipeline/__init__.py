@@ -2,12 +2,12 @@
 
 `prepare(src, image_size=...)` does it all and returns a `Cache` and a summary;
 `load_cache(path)` reopens a cache; `Batches` iterates normalised mini-batches of it.
-Importing this package touches no disk and no GPU.
+Importing this package touches no disk and no GPU, and imports no torch: `Batches` and
+`crop_flip` (torch) are loaded on first use, so `hpsearch prepare` starts without it.
 """
 
 from __future__ import annotations
 
-from data_pipeline.batches import Batches, crop_flip
 from data_pipeline.cache import Cache, build_cache, load_cache, mean_std
 from data_pipeline.decode import decode_image, decode_shard
 from data_pipeline.prepare import PrepareSummary, default_cache_root, format_summary, prepare
@@ -35,3 +35,17 @@ __all__ = [
     "prepare",
     "scan",
 ]
+
+_LAZY = {"Batches", "crop_flip"}  # data_pipeline.batches imports torch (seconds)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from data_pipeline.batches import Batches, crop_flip
+
+        return {"Batches": Batches, "crop_flip": crop_flip}[name]
+    raise AttributeError(f"module 'data_pipeline' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)

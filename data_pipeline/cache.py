@@ -12,18 +12,27 @@ files, so a changed folder or size gets a new one) holds:
     manifest.parquet  the manifest   }  split and folds; cheap to rewrite, no decode
     meta.json         classes, size, mean/std, counts, skipped files; written last
 
-The decode runs in shards of `SHARD_SIZE` files over a process pool; each finished
-shard is saved atomically under shards/, so a build that dies resumes with the shards
-it is missing. Once all exist they are concatenated into images.npy and removed.
+The decode runs in shards of `SHARD_SIZE` files over a process pool. Each worker writes
+its decoded shard straight into building/images.npy, one row per listed file, at the
+file's place in the listing, and returns the shard's errors and pixel sums (measured
+while the pixels are in its cache). Every `CHECKPOINT_SECONDS` (and when the build
+stops on an error or Ctrl-C) the parent flushes that file to disk and then records the
+shards it holds in building/done-NNNNNN.json, so a build that dies resumes with the
+shards it is missing; the flushes also keep the disk writing while the workers decode.
+When all are done the rows of undecodable files (if any) are squeezed out in place,
+the header gets the final N, and the file is renamed to images.npy: the pixels are
+written once, with no second pass over them unless some file could not be decoded.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
 import shutil
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +46,15 @@ from data_pipeline.scan import OK, DatasetError
 from rundir import atomic_path, write_json, write_npy, write_parquet
 
 SHARD_SIZE = 64
+CHECKPOINT_SECONDS = 2.0
 IMAGES = "images.npy"
 PIXEL_SUMS = "pixel_sums.npy"
 DECODED = "decoded.parquet"
 LABELS = "labels.npy"
 MANIFEST = "manifest.parquet"
 META = "meta.json"
-SHARDS = "shards"
+BUILDING = "building"  # the decode in progress
+COMPACTING = "compacting.json"  # in BUILDING while rows move: a crash there starts over
 
 
 def default_workers() -> int:
@@ -56,8 +67,10 @@ def default_workers() -> int:
 def pixel_sums(images: np.ndarray) -> np.ndarray:
     """float64 [n, 2, 3]: per image and channel, the exact sum and sum of squares."""
     flat = images.reshape(len(images), images.shape[1], -1)
-    sums = flat.sum(-1, dtype=np.int64)
-    squares = np.einsum("ncp,ncp->nc", flat, flat, dtype=np.int64)
+    # 32-bit accumulators where no sum can overflow them (S <= 257 for the squares): twice as fast.
+    wide = np.uint32 if flat.shape[-1] * 255 * 255 < 2**32 else np.int64
+    sums = flat.sum(-1, dtype=wide)
+    squares = np.einsum("ncp,ncp->nc", flat, flat, dtype=wide)
     return np.stack([sums, squares], axis=1).astype(np.float64)
 
 
@@ -76,36 +89,209 @@ def mean_std(
     return tuple(float(m) for m in mean / 255), tuple(float(s) for s in np.sqrt(var) / 255)
 
 
-def _shard_files(shard_dir: Path, start: int, stop: int) -> tuple[Path, Path]:
-    stem = f"{start:08d}-{stop:08d}"
-    return shard_dir / f"{stem}.npy", shard_dir / f"{stem}.json"
+def _npy_header(rows: int, image_size: int) -> bytes:
+    """The .npy header of uint8 [rows, 3, S, S]; numpy pads it so its length does not
+    depend on `rows` (room to grow axis 0 in place)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf,
+        {"descr": "|u1", "fortran_order": False, "shape": (rows, 3, image_size, image_size)},
+    )
+    return buf.getvalue()
 
 
-def _build_shard(paths: list[str], image_size: int, npy: Path, info: Path) -> int:
-    """Decode one shard and save it (errors and sums first; the .npy marks it done)."""
-    images, errors = decode_shard(paths, image_size)
-    write_json(info, dict(errors=errors, sums=pixel_sums(images).tolist()), indent=1)
-    write_npy(npy, images)
-    return len(paths)
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
 
 
-def _run_shards(jobs: list[tuple], *, workers: int, bar: tqdm) -> None:
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            bar.update(_build_shard(*job))
+def _prefetch(paths: list[str]) -> None:
+    """Ask the kernel to read the shard's files now, all at once (a cold page cache then
+    reads them in parallel instead of one at a time, as the decode asks for them)."""
+    if not hasattr(os, "posix_fadvise"):
         return
-    # fork: workers start in milliseconds and need nothing re-imported (the decode uses
-    # only PIL and numpy); elsewhere the platform default.
-    ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-        futures = [pool.submit(_build_shard, *job) for job in jobs]
+    for path in paths:
         try:
-            for future in as_completed(futures):
-                bar.update(future.result())
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # the decode reports it
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+_buffers: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _shard_buffer(n: int, image_size: int) -> np.ndarray:
+    """This process's buffer for a shard of n images (reused: no fresh pages per shard)."""
+    key = (n, image_size)
+    if key not in _buffers:
+        _buffers.clear()
+        _buffers[key] = np.empty((n, 3, image_size, image_size), dtype=np.uint8)
+    return _buffers[key]
+
+
+def _build_shard(
+    paths: list[str], image_size: int, target: str, start: int
+) -> tuple[int, list[str | None], np.ndarray]:
+    """Decode one shard into rows start.. of `target`; return (start, errors, pixel sums)."""
+    _prefetch(paths)
+    images, errors = decode_shard(paths, image_size, out=_shard_buffer(len(paths), image_size))
+    sums = pixel_sums(images)
+    offset = len(_npy_header(0, image_size)) + start * 3 * image_size * image_size
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        _pwrite_all(fd, memoryview(images).cast("B"), offset)
+    finally:
+        os.close(fd)
+    return start, errors, sums
+
+
+class _Build:
+    """building/: the images file with one row per listed file, and which rows are done."""
+
+    def __init__(self, folder: Path, n_files: int, image_size: int) -> None:
+        self.folder, self.image_size = folder, image_size
+        self.path = folder / IMAGES
+        self.done = np.zeros(n_files, dtype=bool)
+        self.errors: list[str | None] = [None] * n_files
+        self.sums = np.zeros((n_files, 2, 3), dtype=np.float64)
+        self.pending: list[tuple[int, list[str | None], np.ndarray]] = []
+        self.last = time.monotonic()
+        self.seq = 0
+        if not self._resume(n_files):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            with open(self.path, "wb") as f:
+                f.write(_npy_header(n_files, image_size))
+                f.truncate(f.tell() + n_files * 3 * image_size * image_size)  # sparse
+        self.fd = os.open(self.path, os.O_RDWR)
+
+    def _resume(self, n_files: int) -> bool:
+        """Take over the rows an earlier, interrupted build recorded; False to start afresh."""
+        if (self.folder / COMPACTING).exists() or not self.path.exists():
+            return False
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(len(_npy_header(n_files, self.image_size)))
+            if header != _npy_header(n_files, self.image_size):
+                return False
+            row = 3 * self.image_size * self.image_size
+            if self.path.stat().st_size != len(header) + n_files * row:
+                return False
+            for done in sorted(self.folder.glob("done-*.json")):
+                for start, errors, sums in json.loads(done.read_text()):
+                    stop = start + len(errors)
+                    self.done[start:stop] = True
+                    self.errors[start:stop] = errors
+                    self.sums[start:stop] = np.asarray(sums, dtype=np.float64).reshape(-1, 2, 3)
+                self.seq = max(self.seq, int(done.stem.split("-")[1]) + 1)
+        except (OSError, ValueError, TypeError, IndexError):
+            return False
+        return True
+
+    def record(self, start: int, errors: list[str | None], sums: np.ndarray) -> None:
+        stop = start + len(errors)
+        self.done[start:stop] = True
+        self.errors[start:stop] = errors
+        self.sums[start:stop] = sums
+        self.pending.append((start, errors, sums))
+        if time.monotonic() - self.last >= CHECKPOINT_SECONDS:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Flush the pixels written so far, then record which shards they are."""
+        self.last = time.monotonic()
+        if not self.pending:
+            return
+        getattr(os, "fdatasync", os.fsync)(self.fd)  # macOS has no fdatasync
+        entries = [[start, errors, sums.tolist()] for start, errors, sums in self.pending]
+        write_json(self.folder / f"done-{self.seq:06d}.json", entries, indent=None)
+        self.seq += 1
+        self.pending = []
+
+    def finish(self, out: Path) -> np.ndarray:
+        """Drop the rows of undecodable files, set the header's N, move the file to `out`."""
+        ok = np.array([e is None for e in self.errors], dtype=bool)
+        header = _npy_header(len(ok), self.image_size)
+        final = _npy_header(int(ok.sum()), self.image_size)
+        row = 3 * self.image_size * self.image_size
+        if len(final) != len(header):  # numpy's padding makes this impossible; never guess
+            raise RuntimeError(f"the .npy header of {out} changed length; delete {self.folder}")
+        if not ok.all():
+            write_json(self.folder / COMPACTING, {"rows": int(ok.sum())})
+            _squeeze(self.fd, ok, len(header), row)
+            os.ftruncate(self.fd, len(final) + int(ok.sum()) * row)
+        os.pwrite(self.fd, final, 0)
+        self.close()
+        with atomic_path(out) as tmp:  # synced and renamed by the one atomic writer
+            os.replace(self.path, tmp)
+        return ok
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _squeeze(fd: int, ok: np.ndarray, offset: int, row: int) -> None:
+    """Move each run of kept rows down over the dropped ones, in order (in place)."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], ok, [False]]).astype(np.int8)))
+    dst = offset
+    chunk = max(row, (16 << 20) // row * row)
+    for first, end in zip(edges[::2], edges[1::2], strict=True):
+        src, length = offset + int(first) * row, int(end - first) * row
+        if src != dst:  # dst < src: copying forward never overwrites rows not yet moved
+            for pos in range(0, length, chunk):
+                _pwrite_all(
+                    fd, memoryview(os.pread(fd, min(chunk, length - pos), src + pos)), dst + pos
+                )
+        dst += length
+
+
+def _run_shards(jobs: list[tuple], build: _Build, *, workers: int, bar: tqdm) -> None:
+    try:
+        if workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                build.record(*_build_shard(*job))
+                bar.update(len(job[0]))
+            return
+        # fork: workers start in milliseconds and need nothing re-imported (the decode uses
+        # only PIL, simplejpeg and numpy); elsewhere the platform default.
+        ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+            futures = [pool.submit(_build_shard, *job) for job in jobs]
+            try:
+                for future in as_completed(futures):
+                    start, errors, sums = future.result()
+                    build.record(start, errors, sums)
+                    bar.update(len(errors))
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    finally:
+        build.checkpoint()  # what is done is kept, whatever stopped the build
+
+
+def _jobs(
+    done: np.ndarray, files: list[str], root: Path, size: int, image_size: int, target: Path
+) -> list[tuple]:
+    """Shards of at most `size` rows over the rows not done yet."""
+    todo = np.concatenate([[False], ~done, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(todo))
+    jobs = []
+    for first, end in zip(edges[::2], edges[1::2], strict=True):
+        for start in range(int(first), int(end), size):
+            stop = min(start + size, int(end))
+            paths = [str(root / p) for p in files[start:stop]]
+            jobs.append((paths, image_size, str(target), start))
+    return jobs
 
 
 def build_cache(
@@ -124,45 +310,42 @@ def build_cache(
     decoded: 0 when the cache was complete already.
     """
     cache_dir = Path(cache_dir)
-    done = cache_dir / DECODED
-    if done.exists():
-        return pd.read_parquet(done), 0
+    done_file = cache_dir / DECODED
+    if done_file.exists():
+        return pd.read_parquet(done_file), 0
     if image_size < 1:
         raise DatasetError(f"image size {image_size}: use a positive number of pixels, e.g. 227")
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise DatasetError(f"workers = {workers}: use at least 1 (default: all cores)")
-    size = shard_size or SHARD_SIZE
     files = manifest.loc[manifest["status"] == OK, "path"].sort_values().tolist()
-    shard_dir = cache_dir / SHARDS
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    shards = [(i, min(i + size, len(files))) for i in range(0, len(files), size)]
-    jobs = []
-    for start, stop in shards:
-        npy, info = _shard_files(shard_dir, start, stop)
-        if not (npy.exists() and info.exists()):
-            paths = [str(Path(root) / p) for p in files[start:stop]]
-            jobs.append((paths, image_size, npy, info))
-    todo = sum(len(job[0]) for job in jobs)
-    with tqdm(
-        total=len(files),
-        initial=len(files) - todo,
-        desc="decoding",
-        unit="img",
-        file=sys.stderr,
-        disable=not progress,
-    ) as bar:
-        _run_shards(jobs, workers=workers, bar=bar)
-
-    errors: list[str | None] = []
-    sums = []
-    for start, stop in shards:
-        info = json.loads(_shard_files(shard_dir, start, stop)[1].read_text())
-        errors += info["errors"]
-        sums.append(np.asarray(info["sums"], dtype=np.float64).reshape(-1, 2, 3))
-    ok = np.array([e is None for e in errors], dtype=bool)
-    _concatenate(shard_dir, shards, ok, cache_dir / IMAGES, image_size)
-    write_npy(cache_dir / PIXEL_SUMS, np.concatenate(sums)[ok] if sums else np.zeros((0, 2, 3)))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    if not files:
+        write_npy(cache_dir / IMAGES, np.zeros((0, 3, image_size, image_size), dtype=np.uint8))
+        ok, sums, errors = np.zeros(0, dtype=bool), np.zeros((0, 2, 3)), []
+        todo = 0
+    else:
+        build = _Build(cache_dir / BUILDING, len(files), image_size)
+        try:
+            jobs = _jobs(
+                build.done, files, Path(root), shard_size or SHARD_SIZE, image_size, build.path
+            )
+            todo = sum(len(job[0]) for job in jobs)
+            with tqdm(
+                total=len(files),
+                initial=len(files) - todo,
+                desc="decoding",
+                unit="img",
+                file=sys.stderr,
+                disable=not progress,
+            ) as bar:
+                _run_shards(jobs, build, workers=workers, bar=bar)
+            ok = build.finish(cache_dir / IMAGES)
+        except BaseException:
+            build.close()
+            raise
+        sums, errors = build.sums, build.errors
+    write_npy(cache_dir / PIXEL_SUMS, sums[ok])
     rows = np.full(len(files), -1, dtype=np.int64)
     rows[ok] = np.arange(int(ok.sum()))
     reasons = [split_error(e) if e else ("", "") for e in errors]
@@ -174,59 +357,9 @@ def build_cache(
             detail=[d for _, d in reasons],
         )
     )
-    write_parquet(decoded, done)
-    shutil.rmtree(shard_dir, ignore_errors=True)
+    write_parquet(decoded, done_file)
+    shutil.rmtree(cache_dir / BUILDING, ignore_errors=True)
     return decoded, todo
-
-
-def _copy_range(src: int, dst: int, src_pos: int, dst_pos: int, length: int) -> None:
-    """Copy bytes between file descriptors, in the kernel where it can."""
-    while length > 0:
-        n = 0
-        if hasattr(os, "copy_file_range"):
-            try:
-                n = os.copy_file_range(src, dst, length, src_pos, dst_pos)
-            except OSError:  # e.g. not supported by this filesystem
-                n = 0
-        if n == 0:
-            n = os.pwrite(dst, os.pread(src, min(length, 1 << 24), src_pos), dst_pos)
-        src_pos, dst_pos, length = src_pos + n, dst_pos + n, length - n
-
-
-def _concatenate(
-    shard_dir: Path, shards: list[tuple[int, int]], ok: np.ndarray, out: Path, image_size: int
-) -> None:
-    """Write the decodable rows of all shards, in order, into one .npy (byte copies, no decode)."""
-    shape = (int(ok.sum()), 3, image_size, image_size)
-    row_bytes = 3 * image_size * image_size
-    with atomic_path(out) as tmp:
-        if shape[0] == 0:
-            with open(tmp, "wb") as f:
-                np.save(f, np.zeros(shape, dtype=np.uint8))
-        else:
-            header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            dst_pos = header.offset
-            del header
-            with open(tmp, "r+b") as dst:
-                for start, stop in shards:
-                    npy = _shard_files(shard_dir, start, stop)[0]
-                    src_pos = np.load(npy, mmap_mode="r").offset
-                    keep = ok[start:stop]
-                    # Copy each run of consecutive decodable rows in one call.
-                    edges = np.flatnonzero(
-                        np.diff(np.concatenate([[False], keep, [False]]).astype(np.int8))
-                    )
-                    with open(npy, "rb") as src:
-                        for first, end in zip(edges[::2], edges[1::2], strict=True):
-                            length = int(end - first) * row_bytes
-                            _copy_range(
-                                src.fileno(),
-                                dst.fileno(),
-                                src_pos + int(first) * row_bytes,
-                                dst_pos,
-                                length,
-                            )
-                            dst_pos += length
 
 
 @dataclass(frozen=True, eq=False)

@@ -62,6 +62,13 @@ def test_bench_efficiency_smoke(bench, capsys, ray_session) -> None:
         assert line in out
 
 
+def test_bench_prepare_smoke(bench, capsys) -> None:
+    out = run_smoke(bench, "bench_prepare", capsys)
+    for line in ("machine", "start    hpsearch prepare's imports", "pair 1", "ratio    smoke warm"):
+        assert line in out
+    assert "torch" not in out.split("imports: ")[1].splitlines()[0].split("pyarrow: ")[1]
+
+
 def test_options_after_dashes_go_to_one_benchmark(bench, capsys) -> None:
     runner = bench("__main__")
     with pytest.raises(SystemExit) as exc:

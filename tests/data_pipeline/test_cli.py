@@ -85,3 +85,22 @@ def test_bad_input_exits_2_saying_what_to_change(
 def test_missing_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert _prepare(tmp_path / "nope", tmp_path / "cache") == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_prepare_does_not_import_torch(src: Path, tmp_path: Path) -> None:
+    """Decoding needs PIL, simplejpeg and numpy; torch (data_pipeline.batches) took seconds of
+    every `hpsearch prepare`. (The split imports scikit-learn: the library that owns it.)"""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from search.cli import main\n"
+        f"code = main(['prepare', {str(src)!r}, '--image-size', '16', '--cache', "
+        f"{str(tmp_path / 'cache')!r}, '--workers', '2', '--test-fraction', '0.25'])\n"
+        "heavy = ('torch', 'torchvision')\n"
+        "print(code, sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
+    assert "decoding" in out.stderr  # the progress bar is still shown

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from data_pipeline import DatasetError, format_summary, load_cache, prepare, scan
 
@@ -106,14 +105,16 @@ def test_permission_denied_is_skipped(
     tmp_path: Path, make_folder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = make_folder(tmp_path / "src", {"a": 4, "b": 4})
-    real_open = Image.open
 
     def locked_open(fp, *args, **kwargs):
         if str(fp).endswith("a/img_001.jpg"):
             raise PermissionError(13, "Permission denied", str(fp))
-        return real_open(fp, *args, **kwargs)
+        return open(fp, *args, **kwargs)
 
-    monkeypatch.setattr(Image, "open", locked_open)
+    # The decode reads each file with open() (root could read a chmod 000 file).
+    monkeypatch.setattr(
+        importlib.import_module("data_pipeline.decode"), "open", locked_open, raising=False
+    )
     cache, summary = prepare(
         root,
         image_size=SIZE,
