@@ -50,3 +50,30 @@ def tiny_data():
 def tiny_settings():
     """A factory of TrialSettings for one fp32 CPU epoch; keywords change fields."""
     return _tiny_settings
+
+
+@pytest.fixture
+def make_trainer(tiny_data, tiny_settings):
+    """A factory of small FlatAlexNet Trainers on tiny_data (optionally forcing the layout)."""
+
+    def make(monkeypatch=None, channels_last: bool | None = None):
+        import numpy as np
+
+        from search import trainable
+        from search.space import model_config
+
+        if channels_last is not None:
+            monkeypatch.setattr(trainable, "use_channels_last", lambda *a: channels_last)
+        config = {"arch": "FlatAlexNet", "width": 0.125, "mlp": "16", "optimizer": "sgd"}
+        config["lr"] = 0.05
+        cfg = model_config(config, image_size=16, num_classes=3)
+        return trainable.Trainer(
+            cfg,
+            config,
+            tiny_data(),
+            tiny_settings(),
+            train_idx=np.arange(32),
+            val_idx=np.arange(32, 48),
+        )
+
+    return make

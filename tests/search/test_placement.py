@@ -109,21 +109,7 @@ def test_data_placement_uses_the_trial_gpu_free_memory(monkeypatch, tiny_setting
     assert seen == ["cuda"] * 3
 
 
-def test_a_cpu_trial_records_host_placement(tiny_data, tiny_settings) -> None:
-    import numpy as np
-
-    from search.space import model_config
-    from search.trainable import Trainer
-
-    config = {"arch": "FlatAlexNet", "width": 0.125, "mlp": "16", "optimizer": "sgd"}
-    cfg = model_config(config, image_size=16, num_classes=3)
-    trainer = Trainer(
-        cfg,
-        config,
-        tiny_data(),
-        tiny_settings(),
-        train_idx=np.arange(32),
-        val_idx=np.arange(32, 48),
-    )
+def test_a_cpu_trial_records_host_placement(make_trainer) -> None:
+    trainer = make_trainer()
     assert trainer.data_placement == "host"
     assert trainer.train_batches.placement == trainer.val_batches.placement == "host"

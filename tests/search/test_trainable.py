@@ -67,31 +67,6 @@ def test_worst_value_is_the_worst_for_the_mode():
     assert worst_value("min") == float("inf")
 
 
-@pytest.fixture
-def make_trainer(tiny_data, tiny_settings):
-    def make(monkeypatch=None, channels_last: bool | None = None):
-        import numpy as np
-
-        from search import trainable
-        from search.space import model_config
-
-        if channels_last is not None:
-            monkeypatch.setattr(trainable, "use_channels_last", lambda *a: channels_last)
-        config = {"arch": "FlatAlexNet", "width": 0.125, "mlp": "16", "optimizer": "sgd"}
-        config["lr"] = 0.05
-        cfg = model_config(config, image_size=16, num_classes=3)
-        return trainable.Trainer(
-            cfg,
-            config,
-            tiny_data(),
-            tiny_settings(),
-            train_idx=np.arange(32),
-            val_idx=np.arange(32, 48),
-        )
-
-    return make
-
-
 def test_fp32_on_the_cpu_trains_channels_last(make_trainer):
     from search.trainable import use_channels_last
 
