@@ -147,9 +147,14 @@ def prepare(
     )
 
     manifest, classes = assign_labels(_apply_decode(listing, decoded), merge)
-    manifest = assign_folds(
-        assign_split(manifest, test_fraction=test_fraction, seed=seed), folds=folds, seed=seed
-    )
+    split_options = dict(test_fraction=test_fraction, folds=folds, seed=seed)
+    stored = _stored_split(cache_dir, manifest, digest, classes, merge, split_options)
+    if stored is not None:
+        manifest = stored
+    else:
+        manifest = assign_folds(
+            assign_split(manifest, test_fraction=test_fraction, seed=seed), folds=folds, seed=seed
+        )
     in_cache = manifest[manifest["row"] >= 0].sort_values("row")
     labels = in_cache["label"].to_numpy(dtype=np.int64)
     train_rows = in_cache.loc[in_cache["split"] == TRAIN, "row"].to_numpy()
@@ -163,7 +168,7 @@ def prepare(
         image_size=image_size,
         classes=classes,
         merge=merge,
-        split=dict(test_fraction=test_fraction, folds=folds, seed=seed),
+        split=split_options,
         mean=list(mean),
         std=list(std),
         counts=dict(
@@ -201,6 +206,43 @@ def prepare(
         seconds=time.perf_counter() - started,
     )
     return cache, summary
+
+
+def _stored_split(
+    cache_dir: Path,
+    manifest: pd.DataFrame,
+    digest: str,
+    classes: list[str],
+    merge: dict[str, list[str]],
+    split_options: dict,
+) -> pd.DataFrame | None:
+    """`manifest` with the split and folds the cache already stores, when they were made from
+    the same files, classes and options (the split is a function of those alone), else None.
+    Spares every `hpsearch run` on a prepared cache the split, and scikit-learn's import."""
+    meta = _read_json(cache_dir / META)
+    if not (
+        meta.get("fingerprint") == digest
+        and meta.get("classes") == classes
+        and meta.get("merge") == merge
+        and meta.get("split") == split_options
+        and (cache_dir / MANIFEST).exists()
+    ):
+        return None
+    try:
+        stored = pd.read_parquet(cache_dir / MANIFEST, columns=["path", "split", "fold"])
+    except (OSError, ValueError, KeyError):
+        return None
+    if len(stored) != len(manifest) or not stored["path"].is_unique:
+        return None
+    by_path = stored.set_index("path")
+    try:
+        part = by_path.loc[manifest["path"]]
+    except KeyError:
+        return None
+    out = manifest.copy()
+    out["split"] = part["split"].to_numpy()
+    out["fold"] = part["fold"].to_numpy(dtype=np.int64)
+    return out
 
 
 def _write_split(cache_dir: Path, meta: dict, labels: np.ndarray, manifest: pd.DataFrame) -> bool:

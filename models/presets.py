@@ -35,11 +35,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.config import ConvNetConfig, ConvSpec
-from models.convnet import ConvNet
 from models.shapes import check_feasible, out_size
+
+if TYPE_CHECKING:
+    from models.convnet import ConvNet
 
 __all__ = [
     "adapt_to_image_size",
@@ -194,4 +196,6 @@ def get_config(name: str, **overrides: Any) -> ConvNetConfig:
 
 def create_model(name: str, **overrides: Any) -> ConvNet:
     """``ConvNet(get_config(name, **overrides))``."""
+    from models.convnet import ConvNet
+
     return ConvNet(get_config(name, **overrides))

@@ -143,3 +143,27 @@ def test_search_kfold_and_the_warmup_never_import_each_other():
     parts = {"search.tuner", "search.kfold", "search.warmup"}
     for module in parts:
         assert not graph[module] & parts, (module, graph[module] & parts)
+
+
+def test_the_driver_reaches_ray_without_torch():
+    """torch takes seconds to import and only trials need it: validating an experiment (its
+    architectures included) and the modules that start Ray, Tune and export do not import it,
+    so the driver's start does not wait for it (a same-init warm-up still does)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from search.experiment_files import resolve_experiment as resolve\n"
+        "from search.schema import load_experiment\n"
+        "from search.validate import check_experiment\n"
+        "import search.tuner, search.study, search.tune_setup, search.export, search.cli\n"
+        "exp = load_experiment(resolve('demo'))\n"
+        "check_experiment(exp)\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'torchmetrics') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -104,3 +104,29 @@ def test_prepare_does_not_import_torch(src: Path, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
     assert "decoding" in out.stderr  # the progress bar is still shown
+
+
+def test_prepared_cache_reuses_its_split_without_scikit_learn(src: Path, tmp_path: Path) -> None:
+    """Every `hpsearch run` re-prepares its cache: with the same files and split options the
+    stored split is taken as it is (the same rows as splitting again), not recomputed."""
+    import subprocess
+    import sys
+
+    from data_pipeline import prepare
+
+    cache_root = tmp_path / "cache"
+    first, _ = prepare(src, image_size=16, cache_root=cache_root, test_fraction=0.25, folds=3)
+    code = (
+        "import sys\n"
+        "from data_pipeline import prepare\n"
+        f"c, s = prepare({str(src)!r}, image_size=16, cache_root={str(cache_root)!r}, "
+        "test_fraction=0.25, folds=3, progress=False)\n"
+        "print(s.split_written, 'sklearn' in sys.modules, ''.join(c.split.astype(str).tolist()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    written, sklearn, split = out.stdout.split()
+    assert (written, sklearn) == ("False", "False"), out.stderr
+    assert split == "".join(first.split.astype(str).tolist())
+    # Another option is a new split (and with it scikit-learn), the stored one is not kept.
+    again, summary = prepare(src, image_size=16, cache_root=cache_root, test_fraction=0.5)
+    assert summary.split_written and (again.split == "test").sum() > (first.split == "test").sum()
