@@ -46,6 +46,7 @@ def __getattr__(name: str) -> Any:
         return getattr(convnet, name)
     raise AttributeError(f"module 'models' has no attribute {name!r}")
 
+
 __all__ = [
     "ConvNet",
     "ConvNetConfig",
