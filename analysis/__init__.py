@@ -1,8 +1,9 @@
 """Analysis of a run directory: Parquet tables in, DataFrames and figures out.
 
 `load_run("runs/x")` reads the tables; every plot is a function of those DataFrames that
-returns a matplotlib Figure; `write_report` renders them all into RUN_DIR/report/. Reads only
-files (pandas, matplotlib, Optuna for the study): never Ray or torch.
+returns a matplotlib Figure; `recommend_run` answers "which CNN to train" from the k-fold
+comparison; `write_report` renders them all into RUN_DIR/report/. Reads only files (pandas,
+scipy, matplotlib, Optuna for the study): never Ray or torch.
 """
 
 from analysis._common import MissingDataError, top_trials
@@ -28,21 +29,42 @@ from analysis.progress import (
 )
 from analysis.report import ReportResult, format_report_result, write_report
 from analysis.run import Run, latest_run, load_run
+from analysis.stats import (
+    Answer,
+    FinalEvaluation,
+    Recommendation,
+    compare_configs,
+    config_costs,
+    corrected_ttest,
+    format_recommendation,
+    mean_interval,
+    read_final,
+    recommend,
+    recommend_run,
+)
 
 __all__ = [
+    "Answer",
+    "FinalEvaluation",
     "MissingDataError",
+    "Recommendation",
     "ReportResult",
     "Run",
     "best_so_far",
     "box_stats",
+    "compare_configs",
+    "config_costs",
     "confused_pairs",
     "confusion_matrix",
+    "corrected_ttest",
     "format_kfold_summary",
+    "format_recommendation",
     "format_report_result",
     "group_trials",
     "kfold_summary",
     "latest_run",
     "load_run",
+    "mean_interval",
     "merge_suggestions",
     "param_importances",
     "plot_accuracy_curves",
@@ -54,6 +76,9 @@ __all__ = [
     "plot_optimizer_comparison",
     "plot_param_importances",
     "plot_search_progress",
+    "read_final",
+    "recommend",
+    "recommend_run",
     "rolling_loss",
     "top_trials",
     "write_report",

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analysis._common import MissingDataError, colors, legend_outside, new_figure, pretty, require
+from analysis.stats import mean_interval
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -60,15 +61,17 @@ def _config_names(df: pd.DataFrame) -> dict[str, str]:
 def kfold_summary(
     folds: pd.DataFrame | None, *, metrics: Sequence[str] = ("accuracy", "macro_precision")
 ) -> pd.DataFrame:
-    """One row per config × split × metric: `folds` (n), `mean`, `std` (ddof 1), `median`,
-    `q1`, `q3`, `iqr`, `whisker_low`, `whisker_high` (Tukey 1.5 IQR) and `outliers` (how many
-    folds lie beyond the whiskers)."""
+    """One row per config × split × metric: `folds` (n), `mean`, `std` (ddof 1), `sem`, the
+    95 % t interval of the mean (`ci_low`, `ci_high`; `analysis.stats.mean_interval`),
+    `median`, `q1`, `q3`, `iqr`, `whisker_low`, `whisker_high` (Tukey 1.5 IQR) and `outliers`
+    (how many folds lie beyond the whiskers)."""
     df = _require_folds(folds, metrics, "the k-fold summary")
     rows = []
     for (config, split), g in df.groupby(["config_id", "split"], sort=True):
         for metric in metrics:
             x = pd.to_numeric(g[metric], errors="coerce").dropna()
             stats = box_stats(x)
+            interval = mean_interval(x)
             outside = (x < stats["whisker_low"]) | (x > stats["whisker_high"])
             rows.append(
                 {
@@ -78,6 +81,7 @@ def kfold_summary(
                     "folds": int(x.size),
                     "mean": float(x.mean()) if x.size else np.nan,
                     "std": float(x.std()) if x.size > 1 else np.nan,
+                    **{key: interval[key] for key in ("sem", "ci_low", "ci_high")},
                     **stats,
                     "outliers": int(outside.sum()),
                 }
@@ -151,8 +155,8 @@ def plot_kfold(
 
 
 SUMMARY_SHOWN = (
-    "config_id", "split", "metric", "folds", "mean", "std", "median", "iqr", "whisker_low",
-    "whisker_high",
+    "config_id", "split", "metric", "folds", "mean", "std", "ci_low", "ci_high", "median", "iqr",
+    "whisker_low", "whisker_high",
 )  # fmt: skip
 
 

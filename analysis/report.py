@@ -1,6 +1,7 @@
-"""`hpsearch report RUN_DIR`: every plot the run's data supports as PNG, the top trials as CSV
-and HTML, and one self-contained index.html (images embedded) that still works when the report
-folder is copied elsewhere. Plots the data does not support are listed with the reason."""
+"""`hpsearch report RUN_DIR`: the answer to "which CNN to train" first, then every plot the run's
+data supports as PNG, the top trials as CSV and HTML, and one self-contained index.html (images
+embedded) that still works when the report folder is copied elsewhere. Plots the data does not
+support are listed with the reason."""
 
 from __future__ import annotations
 
@@ -27,6 +28,14 @@ from analysis.curves import plot_accuracy_curves, plot_loss_curves
 from analysis.kfold import kfold_summary, plot_kfold
 from analysis.progress import param_importances, plot_param_importances, plot_search_progress
 from analysis.run import Run, load_run
+from analysis.stats import (
+    Answer,
+    Recommendation,
+    cost_text,
+    final_text,
+    interval_text,
+    recommend_run,
+)
 from rundir import REPORT_DIR, atomic_write, write_text
 from search.dimensions import DIMENSIONS
 
@@ -37,6 +46,19 @@ if TYPE_CHECKING:
 SHOWN_COLUMNS = [
     "trial_id", "status", *(d.report for d in DIMENSIONS.values() if d.report), "epochs",
 ]  # fmt: skip
+ANSWER_TITLE = "Which CNN to train"
+ANSWER_COLUMNS = (
+    "rank", "config_id", "label", "one_se_rule", "metric", "folds", "mean", "ci_low", "ci_high",
+    "mean_diff", "diff_ci_low", "diff_ci_high", "p_value", "params", "macs", "images_per_s",
+)  # fmt: skip
+ANSWER_CAPTION = (
+    "mean, ci_low, ci_high: the mean over the held-out folds and its 95 % t interval. "
+    "mean_diff: the config's mean minus the best's on the same folds; diff_ci_low, diff_ci_high "
+    "and p_value come from the corrected resampled t-test (Nadeau & Bengio 2003), which allows "
+    "for the overlap of the folds' training sets: a p-value above 0.05 means the folds cannot "
+    "tell the config from the best. The recommendation is the one-standard-error rule: the "
+    "fewest MACs among the configs whose mean lies within one standard error of the best's."
+)
 TABLE_FILES = ("top_trials.csv", "top_trials.html", "kfold_summary.csv", "confused_pairs.csv")
 
 
@@ -51,6 +73,7 @@ class ReportResult:
     tables: dict[str, Path] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    recommendation: Recommendation | None = None  # the answer's config, when the run has folds
 
     @property
     def written(self) -> list[Path]:
@@ -203,7 +226,7 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;color:#22
 img{max-width:100%;border:1px solid #ddd}
 .table{border-collapse:collapse;font-size:13px;margin:.5em 0}
 .table td,.table th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
-.meta,.caption{color:#555}.skip li{margin:.3em 0}
+.meta,.caption{color:#555}.skip li{margin:.3em 0}.warn{color:#a00;font-weight:bold}
 nav a{margin-right:1em}
 """
 
@@ -225,7 +248,7 @@ def write_report(
     for stale in [*(f"{s.slug}.png" for s in sections), *TABLE_FILES]:
         (out_dir / stale).unlink(missing_ok=True)  # from an earlier report
 
-    body: list[str] = []
+    body: list[str] = [_answer_section(run, top, result)]
     if run.best_trial_id is not None:
         table = _top_table(run, top)
         csv, page = out_dir / "top_trials.csv", out_dir / "top_trials.html"
@@ -266,6 +289,57 @@ def write_report(
     return result
 
 
+def _answer_table(answer: Answer, top: int) -> pd.DataFrame:
+    """The comparison rows of the `top` configs with their cost and their part in the rule."""
+    rec = answer.recommendation
+    comparison = answer.comparison
+    table = comparison[comparison["rank"] <= top].merge(answer.costs, on="config_id", how="left")
+
+    def part(config: str) -> str:
+        roles = ["best"] * (config == rec.best_config_id)
+        roles += ["recommended"] * (config == rec.config_id)
+        return ", ".join(roles) or ("within 1 SE" if config in rec.candidates else "")
+
+    table["one_se_rule"] = table["config_id"].map(part)
+    shown = [c for c in ANSWER_COLUMNS if c in table and table[c].notna().any()]
+    return table[shown]
+
+
+def _answer_section(run: Run, top: int, result: ReportResult) -> str:
+    """The report's first section: the recommended config, why, its k-fold interval and cost,
+    the test part's figure once `hpsearch final` has run, and the comparison table."""
+    head = f"<section id='answer'><h2>{ANSWER_TITLE}</h2>"
+    try:
+        answer = recommend_run(run)
+    except MissingDataError as e:
+        reason = e.reason.replace("RUN_DIR", str(run.path))
+        result.skipped[ANSWER_TITLE] = reason
+        return f"{head}<p>No recommendation yet: {html.escape(reason)}.</p></section>"
+    except Exception as e:  # noqa: BLE001 - the plots below still have something to say
+        result.failed[ANSWER_TITLE] = f"{type(e).__name__}: {e}"
+        return f"{head}<p class='warn'>The recommendation failed: see below.</p></section>"
+    rec, final = answer.recommendation, answer.final
+    result.recommendation = rec
+    label = f" ({html.escape(rec.label)})" if rec.label != rec.config_id else ""
+    test = final_text(final).replace("RUN_DIR", str(run.path))
+    parts = [
+        head,
+        f"<p><b>Train {html.escape(rec.config_id)}</b>{label}: "
+        f"{html.escape(interval_text(rec))}.</p>",
+        f"<p>Why: {html.escape(rec.reason)}.</p>",
+        f"<p>Cost: {html.escape(cost_text(rec))}.</p>",
+        f"<p>Test part: {html.escape(test)}.</p>",
+    ]
+    if final is not None and final.warning:
+        parts.append(f"<p class='warn'>Warning: {html.escape(final.warning)}.</p>")
+    parts += [
+        f"<h3>The top configs on the held-out folds (best: {html.escape(rec.best_config_id)})</h3>",
+        _table_html(_answer_table(answer, top)),
+        f"<p class='caption'>{html.escape(ANSWER_CAPTION)}</p></section>",
+    ]
+    return "".join(parts)
+
+
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     write_text(path, df.to_csv(index=False))
 
@@ -300,7 +374,10 @@ def _page(run: Run, body: list[str], result: ReportResult) -> str:
     counts = run.trials["status"].value_counts() if "status" in run.trials else pd.Series()
     status = ", ".join(f"{v} {html.escape(str(k))}" for k, v in counts.items())
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    nav = " ".join(f"<a href='#{p.stem}'>{html.escape(t)}</a>" for t, p in result.plots.items())
+    nav = " ".join(
+        [f"<a href='#answer'>{ANSWER_TITLE}</a>"]
+        + [f"<a href='#{p.stem}'>{html.escape(t)}</a>" for t, p in result.plots.items()]
+    )
     skipped = "".join(
         f"<li><b>{html.escape(t)}</b>: {html.escape(r)}</li>" for t, r in result.skipped.items()
     )
@@ -327,6 +404,9 @@ def _page(run: Run, body: list[str], result: ReportResult) -> str:
 def format_report_result(result: ReportResult) -> str:
     """The console summary: where index.html is, which plots were written, what was skipped."""
     lines = [f"report: {result.index_html}"]
+    if result.recommendation is not None:
+        rec = result.recommendation
+        lines.append(f"{ANSWER_TITLE}: {rec.name}, {interval_text(rec)}")
     names = ", ".join(p.name for p in result.plots.values()) or "none"
     lines.append(f"plots ({len(result.plots)}): {names}")
     if result.tables:

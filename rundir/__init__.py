@@ -10,6 +10,7 @@ from rundir.atomic import (
     write_text,
 )
 from rundir.layout import (
+    COMPARISON_FILE,
     CONFUSION_FILE,
     EPOCHS_FILE,
     ERROR_FILE,
@@ -46,6 +47,7 @@ from rundir.layout import (
 )
 
 __all__ = [
+    "COMPARISON_FILE",
     "CONFUSION_FILE",
     "EPOCHS_FILE",
     "ERROR_FILE",

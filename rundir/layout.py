@@ -24,12 +24,13 @@ PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.txt"
 
-TABLES = ("trials", "epochs", "steps", "confusion", "folds")
+TABLES = ("trials", "epochs", "steps", "confusion", "folds", "comparison")
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 STEPS_FILE = "steps.parquet"
 CONFUSION_FILE = "confusion.parquet"
 FOLDS_FILE = "folds.parquet"
+COMPARISON_FILE = "comparison.parquet"
 
 
 def table_file(table: str) -> str:
@@ -44,6 +45,7 @@ TABLE_SOURCES = {
     "steps": "steps.parquet, written by `hpsearch run` and `hpsearch resume`",
     "confusion": "confusion.parquet, written by `hpsearch run` and `hpsearch resume`",
     "folds": "folds.parquet, written by `hpsearch kfold RUN_DIR`",
+    "comparison": "comparison.parquet, written by `hpsearch kfold RUN_DIR`",
 }
 
 # The metrics a search can optimise, and the per-epoch columns of epochs.parquet.
@@ -89,6 +91,26 @@ TABLE_DTYPES: dict[str, dict[str, str]] = {
         "arch": _STR,
         "label": _STR,
         "epochs": _INT,
+    },
+    # One row per config and metric on the held-out folds: the mean with its t interval, and
+    # the difference to the best config with the corrected resampled t-test (analysis.stats).
+    "comparison": {
+        "config_id": _STR,
+        "label": _STR,
+        "metric": _STR,
+        "split": _STR,
+        "folds": _INT,
+        "mean": _FLOAT,
+        "std": _FLOAT,
+        "sem": _FLOAT,
+        "ci_low": _FLOAT,
+        "ci_high": _FLOAT,
+        "best_config_id": _STR,
+        "mean_diff": _FLOAT,
+        "diff_ci_low": _FLOAT,
+        "diff_ci_high": _FLOAT,
+        "p_value": _FLOAT,
+        "rank": _INT,
     },
 }
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {t: tuple(d) for t, d in TABLE_DTYPES.items()}

@@ -129,6 +129,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_kfold(args: argparse.Namespace) -> int:
     from analysis.kfold import format_kfold_summary, kfold_summary
+    from analysis.stats import format_recommendation, recommend_run
     from search.kfold import run_kfold
 
     folds, interrupted = run_kfold(
@@ -142,6 +143,9 @@ def _cmd_kfold(args: argparse.Namespace) -> int:
     print(f"\nfolds: {len(folds)} rows in {args.run_dir}/folds.parquet")
     if len(folds):
         print(format_kfold_summary(kfold_summary(folds)))
+        answer = recommend_run(args.run_dir)
+        print()
+        print(format_recommendation(answer.recommendation, answer.comparison, final=answer.final))
     if interrupted:
         print("the k-fold run did not finish; run the same command again to continue it")
         return 130

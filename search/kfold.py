@@ -1,5 +1,6 @@
 """k-fold error estimates: re-train a run's best configs on K stratified folds, as parallel Ray
-Tune trials without early stopping, and write `folds.parquet`.
+Tune trials without early stopping, and write `folds.parquet` and the paired comparison of the
+configs, `comparison.parquet` (analysis.stats).
 
 The fold trials live in their own Tune experiment, `RUN_DIR/kfold/`, so `hpsearch kfold RUN_DIR`
 run again after a crash or Ctrl-C continues it (finished folds are kept).
@@ -14,6 +15,8 @@ from typing import Any
 import pandas as pd
 
 from rundir import (
+    COMPARISON_FILE,
+    EPOCHS_FILE,
     EXPERIMENT_FILE,
     FOLDS_FILE,
     KFOLD_DIR,
@@ -205,8 +208,26 @@ def run_kfold(
             interrupted = True
     folds = collect_folds(kfold_dir, epochs=epochs, configs=configs)
     write_parquet(folds, run_dir / FOLDS_FILE)
+    write_comparison(run_dir, folds)
     interrupted = interrupted or len(folds) < 2 * k * len(configs)
     return folds, interrupted
+
+
+def write_comparison(run_dir: Path, folds: pd.DataFrame) -> pd.DataFrame | None:
+    """Write comparison.parquet from `folds` and the cost of each config (the run's trials and
+    epochs); without a held-out fold yet, remove an earlier one so it never outlives its folds."""
+    from analysis.stats import compare_configs, config_costs
+
+    path = run_dir / COMPARISON_FILE
+    if not (folds["split"] == "test").any():
+        path.unlink(missing_ok=True)
+        return None
+    trials_path, epochs_path = run_dir / TRIALS_FILE, run_dir / EPOCHS_FILE
+    epochs = pd.read_parquet(epochs_path) if epochs_path.exists() else None
+    costs = config_costs(pd.read_parquet(trials_path), epochs) if trials_path.exists() else None
+    comparison = compare_configs(folds, costs=costs)
+    write_parquet(comparison, path)
+    return comparison
 
 
 def fold_trial(

@@ -100,3 +100,75 @@ def test_report_of_a_run_without_results(tmp_path):
     assert not result.plots and not result.failed
     assert result.skipped["Top trials"] == "no trial has a val_accuracy yet"
     assert result.index_html.is_file()
+
+
+def _answer_run(make_run_dir) -> Path:
+    """A run whose folds re-train trials t1, t2, t0 (k-fold config ids are trial ids) and
+    whose trials know their MACs: t2 is within one standard error of t1, and cheaper."""
+    run = make_run_dir("answer", study_trials=0)
+    trials = pd.read_parquet(run / "trials.parquet")
+    trials["macs"] = trials["trial_id"].map({"t0": 5_000_000, "t1": 9_000_000, "t2": 2_000_000})
+    trials.to_parquet(run / "trials.parquet", index=False)
+    scores = {
+        "t1": [0.80, 0.82, 0.78, 0.81, 0.79],
+        "t2": [0.80, 0.81, 0.77, 0.80, 0.79],
+        "t0": [0.70, 0.72, 0.69, 0.71, 0.70],
+    }
+    rows = [
+        {"config_id": c, "trial_id": f"{c}-f{f}", "fold": f, "split": split,
+         "accuracy": acc + (0.1 if split == "train" else 0), "macro_precision": acc - 0.01,
+         "loss": 1 - acc, "label": f"{c} net"}
+        for c, values in scores.items() for f, acc in enumerate(values)
+        for split in ("train", "test")
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_parquet(run / "folds.parquet", index=False)
+    return run
+
+
+def test_report_starts_with_which_cnn_to_train(make_run_dir):
+    from analysis import mean_interval
+
+    run = _answer_run(make_run_dir)
+    result = write_report(run, window=10, dpi=40)
+    assert not result.failed and "Which CNN to train" not in result.skipped
+    page = result.index_html.read_text()
+    first = page.index("<section id='answer'><h2>Which CNN to train</h2>")
+    assert first < page.index("<h2 id='top'>") < page.index("<section id='kfold'>")
+    section = page[first : page.index("</section>", first)]
+    ci = mean_interval([0.80, 0.81, 0.77, 0.80, 0.79])
+    assert "<b>Train t2</b> (t2 net)" in section
+    assert f"95 % interval {ci['ci_low']:.3f} to {ci['ci_high']:.3f}" in section
+    assert "fewest MACs among the 2 configs within one standard error" in section
+    assert "2 M MACs per image" in section and "100 training images/s" in section
+    assert f"hpsearch final {run}" in section  # not evaluated on the test part yet
+    assert "best, recommended" not in section and ">recommended<" in section
+    assert "p_value" in section and "corrected resampled t-test" in section
+    assert result.recommendation.config_id == "t2"
+    assert "Which CNN to train: t2 (t2 net), mean held-out accuracy 0.794" in (
+        format_report_result(result)
+    )
+
+
+def test_report_shows_the_test_part_and_flags_its_reuse(make_run_dir):
+    run = _answer_run(make_run_dir)
+    final = pd.DataFrame(
+        {"evaluation": [1, 2], "config_id": ["t2", "t2"], "trial_id": ["x1", "x2"],
+         "accuracy": [0.791, 0.788], "macro_precision": [0.78, 0.77]}
+    )  # fmt: skip
+    final.to_parquet(run / "final.parquet", index=False)
+    page = write_report(run, window=10, dpi=40).index_html.read_text()
+    section = page[page.index("<section id='answer'>") : page.index("<h2 id='top'>")]
+    assert "Test part: accuracy 0.788, macro precision 0.770 (config t2, evaluation 2)" in section
+    assert "the test part has been used 2 times" in section and "class='warn'" in section
+
+
+def test_report_without_folds_says_how_to_get_the_answer(make_run_dir):
+    run = make_run_dir(folds=False, study_trials=0)
+    result = write_report(run, window=10, dpi=40)
+    assert not result.failed and result.recommendation is None
+    assert (
+        result.skipped["Which CNN to train"] == f"no folds.parquet yet; run `hpsearch kfold {run}`"
+    )
+    page = result.index_html.read_text()
+    section = page[page.index("<section id='answer'>") : page.index("<h2 id='top'>")]
+    assert f"run `hpsearch kfold {run}`" in section
