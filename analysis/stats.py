@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import stats as st
 
 from analysis._common import MissingDataError, pretty, require
-from rundir import TABLE_COLUMNS, coerce, table_file
+from rundir import FINAL_FILE, TABLE_COLUMNS, coerce
 
 if TYPE_CHECKING:
     from analysis.run import Run
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 CONFIDENCE = 0.95
 _PERCENT = f"{CONFIDENCE * 100:.0f} %"
 METRICS = ("accuracy", "macro_precision")
-FINAL_TABLE = "final"  # final.parquet: `hpsearch final`'s evaluations on the test part
 FINAL_COLUMNS = ("evaluation", "config_id", "trial_id", "accuracy", "macro_precision")
 COST_COLUMNS = ("params", "macs", "images_per_s")
 _NAN = float("nan")
@@ -355,18 +354,23 @@ class FinalEvaluation:
 
     @property
     def warning(self) -> str | None:
-        if self.evaluation <= 1:
-            return None
-        return (
-            f"the test part has been used {self.evaluation} times: this figure is no longer an "
-            "unbiased estimate"
-        )
+        return reuse_warning(self.evaluation)
+
+
+def reuse_warning(evaluation: int) -> str | None:
+    """None for the first use of the test part, else why its figure is no longer unbiased."""
+    if evaluation <= 1:
+        return None
+    return (
+        f"the test part has been used {evaluation} times: this figure is no longer an unbiased "
+        "estimate (choosing among evaluations on it turns it into a validation part)"
+    )
 
 
 def read_final(run_dir: str | Path) -> FinalEvaluation | None:
     """The latest row (highest `evaluation`) of RUN_DIR/final.parquet; None before the first
     `hpsearch final`."""
-    path = Path(run_dir) / table_file(FINAL_TABLE)
+    path = Path(run_dir) / FINAL_FILE
     if not path.is_file():
         return None
     df = pd.read_parquet(path)

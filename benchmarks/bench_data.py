@@ -217,7 +217,9 @@ def main(argv: list[str]) -> None:
     device = torch.device(args.device)
     workers = args.workers
     # 40 smoke images in 10 classes need a test fraction of 0.25 for one test image per class.
-    split = dict(test_fraction=0.25 if args.smoke else 0.1)
+    split = dict(
+        test_fraction=0.25 if args.smoke else 0.1, val_fraction=0.25 if args.smoke else 0.1
+    )
 
     print(
         f"machine  {_cpu_model()}, {os.cpu_count()} cores ({default_workers()} usable), torch {torch.__version__}, device {device}"

@@ -119,7 +119,7 @@ def packed_search(
         f"bench-gpu-{name}",
         src,
         work,
-        data={"image_size": size, "test_fraction": test_fraction},
+        data={"image_size": size, "test_fraction": test_fraction, "val_fraction": test_fraction},
         search={
             "algorithm": "tpe",
             "num_trials": trials,
@@ -189,7 +189,8 @@ def main(argv: list[str]) -> None:
             work / "photos", images=n, classes=10, width=96, height=72, workers=default_workers()
         )
         with local_ray():
-            # 40 smoke images in 10 classes need a test fraction of 0.25 (one per class).
+            # 40 smoke images in 10 classes: test and validation parts of a quarter (one image
+            # per class each).
             common = dict(trials=trials, epochs=epochs, test_fraction=0.25 if args.smoke else 0.1)
             t_one, _ = packed_search(src, work, gpus=1.0, **common)
             t_four, _ = packed_search(src, work, gpus=0.25, **common)

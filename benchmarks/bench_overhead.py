@@ -123,6 +123,7 @@ def main(argv: list[str]) -> None:
                     "image_size": 32,
                     "cache": str(root / "cache"),
                     "test_fraction": 0.25 if args.smoke else 0.1,
+                    "val_fraction": 0.25 if args.smoke else 0.1,
                 },
                 search={"algorithm": "random", "num_trials": trials, "space": space},
                 scheduler={"type": "none"},

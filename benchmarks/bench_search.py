@@ -41,6 +41,10 @@ Run: `python -m benchmarks bench_search` (full size) or with `--smoke` (tiny, me
 from __future__ import annotations
 
 import argparse
+import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +56,7 @@ from data_pipeline import default_cache_root
 from data_pipeline.cache import default_workers
 
 TARGET = 3.0
+PARTS = (0.1, 0.1)  # test and validation fractions, both sides: train on 80 %
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -82,8 +87,12 @@ def tutorial_trial(config: dict[str, Any], *, data_dir: str, settings: dict[str,
         ]
     )
     dataset = datasets.ImageFolder(data_dir, transform=tf)
-    train, val = random_split(
-        dataset, [0.9, 0.1], generator=torch.Generator().manual_seed(settings["seed"])
+    # The same parts as hpsearch's: train on 80 %, validate on 10 % (10 % held out, unused).
+    test, val = settings["test_fraction"], settings["val_fraction"]
+    train, val, _test = random_split(
+        dataset,
+        [1 - test - val, val, test],
+        generator=torch.Generator().manual_seed(settings["seed"]),
     )
     loader = dict(batch_size=settings["batch_size"], num_workers=settings["cpus"])
     train_loader = DataLoader(train, shuffle=True, **loader)
@@ -126,7 +135,9 @@ def tutorial_trial(config: dict[str, Any], *, data_dir: str, settings: dict[str,
             )
 
 
-def run_baseline(src: Path, work: Path, *, trials: int, epochs: int, size: int) -> float:
+def run_baseline(
+    src: Path, work: Path, *, trials: int, epochs: int, size: int, parts=(0.1, 0.1)
+) -> float:
     """The tutorial's search; returns its wall time in seconds."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -134,7 +145,15 @@ def run_baseline(src: Path, work: Path, *, trials: int, epochs: int, size: int) 
 
     from search.space import encode_layers
 
-    settings = {"image_size": size, "batch_size": 64, "epochs": epochs, "seed": 0, "cpus": 1}
+    settings = {
+        "image_size": size,
+        "batch_size": 64,
+        "epochs": epochs,
+        "seed": 0,
+        "cpus": 1,
+        "test_fraction": parts[0],
+        "val_fraction": parts[1],
+    }
     param_space = {
         "arch": "FlatAlexNet",
         "width": 0.25,
@@ -169,40 +188,80 @@ def run_baseline(src: Path, work: Path, *, trials: int, epochs: int, size: int) 
     return wall
 
 
-def run_hpsearch(
-    src: Path, work: Path, *, trials: int, epochs: int, size: int, test_fraction: float
+def hpsearch_experiment(
+    src: Path, work: Path, *, trials: int, epochs: int, size: int, parts=(0.1, 0.1)
 ):
-    """hpsearch's search, cache build included; returns (wall s, cache build s, epochs table)."""
-    from data_pipeline import prepare
-    from search.tuner import run
-
-    exp = experiment(
+    """hpsearch's side: the same model, search and parts; its cache and runs under `work`."""
+    return experiment(
         "bench-search",
         src,
         work,
-        data={"image_size": size, "workers": default_workers(), "test_fraction": test_fraction},
-        search={
-            "algorithm": "tpe",
-            "num_trials": trials,
-            "space": SMALL_SPACE,
+        data={
+            "image_size": size,
+            "workers": default_workers(),
+            "test_fraction": parts[0],
+            "val_fraction": parts[1],
         },
+        search={"algorithm": "tpe", "num_trials": trials, "space": SMALL_SPACE},
         scheduler={"type": "none"},
         train={"epochs": epochs, "batch_size": 64},
     )
+
+
+def run_hpsearch_in_process(
+    src: Path, work: Path, *, trials: int, epochs: int, size: int, parts=(0.1, 0.1)
+):
+    """hpsearch's search in this process (the smoke run); returns (wall s, epochs table)."""
+    from search.tuner import run
+
+    exp = hpsearch_experiment(src, work, trials=trials, epochs=epochs, size=size, parts=parts)
     start = time.perf_counter()
     _, tables, _ = run(exp, name="hpsearch", progress=False)
     wall = time.perf_counter() - start
-    # The cache is on disk now: a second prepare only reads it, the first one's cost is the rest.
-    t0 = time.perf_counter()
-    prepare(
-        src, image_size=size, cache_root=work / "cache", progress=False, test_fraction=test_fraction
-    )
-    reread = time.perf_counter() - t0
-    if len(tables["epochs"]) != trials * epochs:
-        raise RuntimeError(
-            f"hpsearch trained {len(tables['epochs'])} epochs, not {trials * epochs}"
-        )
-    return wall, reread, tables["epochs"]
+    _check_epochs(len(tables["epochs"]), trials * epochs)
+    return wall, tables["epochs"]
+
+
+def _check_epochs(done: int, asked: int) -> None:
+    if done != asked:
+        raise RuntimeError(f"hpsearch trained {done} epochs, not {asked}")
+
+
+def _timed(cmd: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return seconds, proc.stdout
+
+
+def pair(src: Path, work: Path, i: int, *, trials: int, epochs: int, size: int) -> dict:
+    """One pair of whole commands, alternating which side runs first: `hpsearch run` on a fresh
+    cache folder (so the one-off decode is inside its wall) and the tutorial's search as a
+    script. Returns both walls and hpsearch's epochs table."""
+    import pandas as pd
+    import yaml
+
+    side_dir = work / f"pair-{i}"
+    exp = hpsearch_experiment(src, side_dir, trials=trials, epochs=epochs, size=size)
+    exp_file = side_dir / "search.yaml"
+    side_dir.mkdir(parents=True)
+    exp_file.write_text(yaml.safe_dump(exp.model_dump(mode="json")))
+    hp_cmd = [sys.executable, "-m", "search.cli", "run", str(exp_file), "--name", "hpsearch"]
+    base_cmd = [
+        sys.executable, "-m", "benchmarks.bench_search", "--baseline-side", "--src", str(src),
+        "--work", str(side_dir / "baseline"), "--trials", str(trials), "--epochs", str(epochs),
+        "--size", str(size),
+    ]  # fmt: skip
+    times = {}
+    order = ("hpsearch", "baseline") if i % 2 == 0 else ("baseline", "hpsearch")
+    for side in order:
+        times[side], _ = _timed(hp_cmd if side == "hpsearch" else base_cmd)
+    epochs_table = pd.read_parquet(side_dir / "runs" / "hpsearch" / "epochs.parquet")
+    _check_epochs(len(epochs_table), trials * epochs)
+    shutil.rmtree(side_dir / "cache", ignore_errors=True)  # the next pair builds its own
+    return {"order": order, **times, "epochs": epochs_table}
 
 
 def main(argv: list[str]) -> None:
@@ -212,53 +271,84 @@ def main(argv: list[str]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs")
-    p.add_argument("--images", type=int, default=None, help="JPEGs (default 2000; smoke 40)")
+    p.add_argument("--images", type=int, default=None, help="JPEGs (default 2800; smoke 40)")
     p.add_argument("--trials", type=int, default=None, help="trials per side (default 4; smoke 2)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default 3; smoke 1)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default 2; smoke 1)")
     p.add_argument("--size", type=int, default=None, help="image size (default 64; smoke 32)")
+    p.add_argument("--pairs", type=int, default=None, help="pairs of runs (default 3; smoke 1)")
+    p.add_argument("--baseline-side", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--src", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    n_images = args.images or (40 if args.smoke else 2000)
+    n_images = args.images or (40 if args.smoke else 2800)
     trials = args.trials or (2 if args.smoke else 4)
-    epochs = args.epochs or (1 if args.smoke else 3)
+    epochs = args.epochs or (1 if args.smoke else 2)
     size = args.size or (32 if args.smoke else 64)
-    width, height = (96, 72) if args.smoke else (640, 480)
-    # 40 smoke images in 10 classes need a test fraction of 0.25 for one test image per class.
-    test_fraction = 0.25 if args.smoke else 0.1
+    if args.baseline_side:  # one side of a pair, in its own process (see `pair`)
+        work = Path(args.work)
+        with local_ray():
+            run_baseline(Path(args.src), work, trials=trials, epochs=epochs, size=size)
+        return
+    pairs = args.pairs or (1 if args.smoke else 3)
+    width, height, classes = (96, 72, 10) if args.smoke else (500, 375, 28)
     header(
-        f"{n_images} JPEGs of {width}x{height} in 10 classes -> {size} px; {trials} trials x "
-        f"{epochs} epochs per side, 2 at a time, 1 CPU each; FlatAlexNet width 0.25, MLP [64]",
+        f"{n_images} JPEGs of {width}x{height} in {classes} classes -> {size} px; {trials} "
+        f"trials x {epochs} epochs per side, 2 at a time, 1 CPU each; FlatAlexNet width 0.25, "
+        f"MLP [64]; train {1 - sum(PARTS):.0%} / validation {PARTS[1]:.0%} on both sides",
         smoke=args.smoke,
     )
     with tempfile.TemporaryDirectory(prefix="bench_search-") as tmp:
         work = Path(tmp)
         root = work if args.smoke else default_cache_root() / "bench_data"
         src = generate(
-            root / f"photos-{n_images}-{width}x{height}",
+            root / f"photos-{n_images}-{width}x{height}-{classes}c",
             images=n_images,
-            classes=10,
+            classes=classes,
             width=width,
             height=height,
             workers=default_workers(),
         )
         for f in src.rglob("*.jpg"):  # both sides start from the page cache
             f.read_bytes()
-        with local_ray():
-            t_base = run_baseline(src, work, trials=trials, epochs=epochs, size=size)
-            print(f"baseline ImageFolder+DataLoader per trial: {t_base:.1f} s", flush=True)
-            t_hp, t_reread, ep = run_hpsearch(
-                src, work, trials=trials, epochs=epochs, size=size, test_fraction=test_fraction
-            )
         per_hour = trials * epochs * 3600
+        if args.smoke:  # in this process, on the test session's Ray: checks the sides run
+            with local_ray():
+                # 40 images in 10 classes: a quarter per part for one image per class.
+                parts = (0.25, 0.25)
+                t_base = run_baseline(
+                    src, work, trials=trials, epochs=epochs, size=size, parts=parts
+                )
+                print(f"baseline ImageFolder+DataLoader per trial: {t_base:.1f} s", flush=True)
+                t_hp, ep = run_hpsearch_in_process(
+                    src, work, trials=trials, epochs=epochs, size=size, parts=parts
+                )
+            print(f"hpsearch decode-once cache: {t_hp:.1f} s")
+            print(f"ratio    {t_base / t_hp:.2f}x (smoke: measures nothing)")
+            return
+        ratios = []
+        for i in range(pairs):
+            r = pair(src, work, i, trials=trials, epochs=epochs, size=size)
+            ratio = r["baseline"] / r["hpsearch"]
+            ratios.append(ratio)
+            ep = r["epochs"]
+            print(
+                f"pair {i + 1} ({r['order'][0]} first): baseline ImageFolder+DataLoader per trial "
+                f"{r['baseline']:.1f} s ({per_hour / r['baseline']:.0f} trials x epochs / h); "
+                f"hpsearch decode-once cache {r['hpsearch']:.1f} s "
+                f"({per_hour / r['hpsearch']:.0f} / h; mean training epoch "
+                f"{ep['seconds'].mean():.2f} s, precision {_precision(work, i)}): "
+                f"{ratio:.2f}x  [{load_average()}]",
+                flush=True,
+            )
+        med = statistics.median(ratios)
         print(
-            f"hpsearch decode-once cache: {t_hp:.1f} s (cache build and the search; a run "
-            f"that reuses the cache opens it in {t_reread:.2f} s; mean training epoch "
-            f"{ep['seconds'].mean():.2f} s)"
+            f"ratio    {med:.2f}x median over {pairs} pairs ({min(ratios):.2f}-{max(ratios):.2f}; "
+            f"{verdict(med, TARGET)}); {load_average()} at the end"
         )
-        ratio = t_base / t_hp
-        print(
-            f"throughput baseline {per_hour / t_base:.0f}, hpsearch {per_hour / t_hp:.0f} "
-            f"trials x epochs per hour"
-        )
-        print(
-            f"         ratio {ratio:.2f}x ({verdict(ratio, TARGET)}); {load_average()} at the end"
-        )
+
+
+def _precision(work: Path, i: int) -> str:
+    import pandas as pd
+
+    trials = pd.read_parquet(work / f"pair-{i}" / "runs" / "hpsearch" / "trials.parquet")
+    return ",".join(sorted(set(trials.get("precision", pd.Series(["?"])).astype(str))))

@@ -369,8 +369,8 @@ class Cache:
     path: Path
     images: np.ndarray  # uint8 [N, 3, S, S]
     labels: np.ndarray  # int64 [N]
-    split: np.ndarray  # str [N]: "train" / "test"
-    fold: np.ndarray  # int64 [N]: 0..K-1, or -1 when prepared without folds
+    split: np.ndarray  # str [N]: "train" / "val" / "test"
+    fold: np.ndarray  # int64 [N]: 0..K-1 (train and val rows), -1 for test rows or no folds
     meta: dict
     classes: list[str]
     mean: tuple[float, float, float]
@@ -383,7 +383,8 @@ class Cache:
         return (
             f"Cache({str(self.path)!r}, images=uint8{list(self.images.shape)}, "
             f"classes={len(self.classes)}, train={int((self.split == 'train').sum())}, "
-            f"test={int((self.split == 'test').sum())}, folds={self.num_folds})"
+            f"val={int((self.split == 'val').sum())}, test={int((self.split == 'test').sum())}, "
+            f"folds={self.num_folds})"
         )
 
     @property
@@ -394,23 +395,37 @@ class Cache:
     def num_folds(self) -> int:
         return int(self.meta["split"]["folds"])
 
+    @property
+    def has_validation_part(self) -> bool:
+        """False for a cache prepared before the three-part split (train / test only, where
+        trials validated on the test part)."""
+        return "val_fraction" in self.meta.get("split", {})
+
     def indices(self, split: str) -> np.ndarray:
-        """Row indices of "train", "test" or "all" images."""
+        """Row indices of "train", "val", "test" or "all" images."""
         if split == "all":
             return np.arange(len(self.labels))
-        if split not in ("train", "test"):
-            raise ValueError(f"split {split!r}: use 'train', 'test' or 'all'")
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split {split!r}: use 'train', 'val', 'test' or 'all'")
+        if not self.has_validation_part:
+            raise DatasetError(
+                f"the cache {str(self.path)!r} was prepared with a train / test split only; "
+                f"run `hpsearch prepare {self.meta.get('source', 'SRC')} --image-size "
+                f"{self.image_size}` again to split it into train / validation / test "
+                "(nothing is decoded again)"
+            )
         return np.flatnonzero(self.split == split)
 
     def fold_indices(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(train, test) row indices of fold `k`: test is fold k, train every other fold."""
+        """(train, test) row indices of fold `k`: test is fold k, train every other fold (the
+        held-out test part is in no fold)."""
         if self.num_folds < 2:
             raise DatasetError(
                 f"the cache {str(self.path)!r} has no folds: run `hpsearch prepare SRC --folds K` (e.g. K=10)"
             )
         if not 0 <= k < self.num_folds:
             raise ValueError(f"fold {k} out of range: the cache has folds 0..{self.num_folds - 1}")
-        return np.flatnonzero(self.fold != k), np.flatnonzero(self.fold == k)
+        return np.flatnonzero((self.fold >= 0) & (self.fold != k)), np.flatnonzero(self.fold == k)
 
 
 def load_cache(path: str | os.PathLike, *, mmap: bool = True) -> Cache:

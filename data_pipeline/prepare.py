@@ -35,6 +35,7 @@ from data_pipeline.scan import OK, SKIPPED, DatasetError, assign_labels, fingerp
 from data_pipeline.split import (
     TEST,
     TRAIN,
+    VAL,
     assign_folds,
     assign_split,
     check_class_sizes,
@@ -64,6 +65,7 @@ class PrepareSummary:
     merge: dict[str, list[str]]
     files: int  # entries listed in the folder (manifest rows)
     train: int
+    val: int
     test: int
     folds: int
     skipped: dict[str, int]  # reason -> number of files
@@ -106,6 +108,7 @@ def prepare(
     image_size: int,
     cache_root: str | os.PathLike | None = None,
     test_fraction: float = 0.1,
+    val_fraction: float = 0.1,
     folds: int = 0,
     merge: Mapping[str, Sequence[str]] | None = None,
     workers: int | None = None,
@@ -124,7 +127,7 @@ def prepare(
         raise DatasetError(
             f"workers = {workers}: use at least 1 (default: all {default_workers()} cores)"
         )
-    check_split_options(test_fraction=test_fraction, folds=folds)
+    check_split_options(test_fraction=test_fraction, val_fraction=val_fraction, folds=folds)
     merge = _normalise_merge(merge)
 
     listing = scan(src)
@@ -134,6 +137,7 @@ def prepare(
     check_class_sizes(
         listed.loc[listed["status"] == OK, "class_name"].value_counts(),
         test_fraction=test_fraction,
+        val_fraction=val_fraction,
         folds=folds,
     )
 
@@ -147,14 +151,17 @@ def prepare(
     )
 
     manifest, classes = assign_labels(_apply_decode(listing, decoded), merge)
-    split_options = dict(test_fraction=test_fraction, folds=folds, seed=seed)
+    split_options = dict(
+        test_fraction=test_fraction, val_fraction=val_fraction, folds=folds, seed=seed
+    )
     stored = _stored_split(cache_dir, manifest, digest, classes, merge, split_options)
     if stored is not None:
         manifest = stored
     else:
-        manifest = assign_folds(
-            assign_split(manifest, test_fraction=test_fraction, seed=seed), folds=folds, seed=seed
+        manifest = assign_split(
+            manifest, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed
         )
+        manifest = assign_folds(manifest, folds=folds, seed=seed)
     in_cache = manifest[manifest["row"] >= 0].sort_values("row")
     labels = in_cache["label"].to_numpy(dtype=np.int64)
     train_rows = in_cache.loc[in_cache["split"] == TRAIN, "row"].to_numpy()
@@ -175,6 +182,7 @@ def prepare(
             files=len(manifest),
             images=len(labels),
             train=len(train_rows),
+            val=int((in_cache["split"] == VAL).sum()),
             test=int((in_cache["split"] == TEST).sum()),
             skipped=len(skipped),
             per_class={
@@ -194,6 +202,7 @@ def prepare(
         merge=merge,
         files=len(manifest),
         train=meta["counts"]["train"],
+        val=meta["counts"]["val"],
         test=meta["counts"]["test"],
         folds=folds,
         skipped={r: int(n) for r, n in skipped["reason"].value_counts().items()},
@@ -291,8 +300,8 @@ def format_summary(summary: PrepareSummary) -> str:
         f"prepared {s.source}",
         f"  cache    {s.cache_path} ({_size(s.cache_bytes)} on disk; {how}; {s.seconds:.1f} s)",
         f"  images   {n_images} usable of {s.files} files listed, {s.image_size}x{s.image_size} px, {len(s.classes)} classes",
-        f"  split    train {s.train} / test {s.test}"
-        + (f"; {s.folds} stratified folds" if s.folds else ""),
+        f"  split    train {s.train} / validation {s.val} / test {s.test} (held out)"
+        + (f"; {s.folds} stratified folds of train + validation" if s.folds else ""),
         f"  mean     {', '.join(f'{m:.4f}' for m in s.mean)}   std {', '.join(f'{v:.4f}' for v in s.std)} (train split, RGB)",
     ]
     for new, olds in s.merge.items():

@@ -24,13 +24,27 @@ PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.txt"
 
-TABLES = ("trials", "epochs", "steps", "confusion", "folds", "comparison")
+TABLES = (
+    "trials",
+    "epochs",
+    "steps",
+    "confusion",
+    "folds",
+    "comparison",
+    "final",
+    "final_classes",
+    "final_confusion",
+)
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 STEPS_FILE = "steps.parquet"
 CONFUSION_FILE = "confusion.parquet"
 FOLDS_FILE = "folds.parquet"
 COMPARISON_FILE = "comparison.parquet"
+FINAL_FILE = "final.parquet"  # `hpsearch final`: one row per use of the held-out test part
+FINAL_CLASSES_FILE = "final_classes.parquet"
+FINAL_CONFUSION_FILE = "final_confusion.parquet"
+FINAL_DIR = "final"  # the final model's weights: final/model-<evaluation>.pt
 
 
 def table_file(table: str) -> str:
@@ -46,6 +60,9 @@ TABLE_SOURCES = {
     "confusion": "confusion.parquet, written by `hpsearch run` and `hpsearch resume`",
     "folds": "folds.parquet, written by `hpsearch kfold RUN_DIR`",
     "comparison": "comparison.parquet, written by `hpsearch kfold RUN_DIR`",
+    "final": "final.parquet, written by `hpsearch final RUN_DIR`",
+    "final_classes": "final_classes.parquet, written by `hpsearch final RUN_DIR`",
+    "final_confusion": "final_confusion.parquet, written by `hpsearch final RUN_DIR`",
 }
 
 # The metrics a search can optimise, and the per-epoch columns of epochs.parquet.
@@ -111,6 +128,37 @@ TABLE_DTYPES: dict[str, dict[str, str]] = {
         "diff_ci_high": _FLOAT,
         "p_value": _FLOAT,
         "rank": _INT,
+    },
+    # `hpsearch final`: the chosen config trained on train + validation, evaluated on the test
+    # part. `evaluation` counts the uses of the test part (1 = the first, unbiased one).
+    "final": {
+        "evaluation": _INT,
+        "config_id": _STR,
+        "trial_id": _STR,
+        "label": _STR,
+        "accuracy": _FLOAT,
+        "macro_precision": _FLOAT,
+        "loss": _FLOAT,
+        "epochs": _INT,
+        "train_images": _INT,
+        "test_images": _INT,
+        "seconds": _FLOAT,
+        "evaluated_at": _STR,
+    },
+    "final_classes": {
+        "evaluation": _INT,
+        "class_name": _STR,
+        "precision": _FLOAT,
+        "recall": _FLOAT,
+        "support": _INT,
+    },
+    "final_confusion": {
+        "evaluation": _INT,
+        "true_label": _INT,
+        "pred_label": _INT,
+        "true_class": _STR,
+        "pred_class": _STR,
+        "count": _INT,
     },
 }
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {t: tuple(d) for t, d in TABLE_DTYPES.items()}

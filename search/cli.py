@@ -46,6 +46,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             cache_root=args.cache,
             test_fraction=args.test_fraction,
+            val_fraction=args.val_fraction,
             folds=args.folds,
             merge=_parse_merge(args.merge),
             workers=args.workers,
@@ -125,6 +126,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo data: scikit-learn digits written as an image folder in {folder}")
     exp = _load(str(args.experiment or DEMO_EXPERIMENT), args.set, str(folder), args.storage)
     return _run_search(exp, args, report=True)
+
+
+def _cmd_final(args: argparse.Namespace) -> int:
+    from search.final import format_final, run_final
+
+    result = run_final(args.run_dir, trial_id=args.trial, epochs=args.epochs)
+    print(format_final(result))
+    from pathlib import Path
+
+    from rundir import FOLDS_FILE
+
+    if Path(args.run_dir, FOLDS_FILE).exists():
+        from analysis.stats import format_recommendation, recommend_run
+
+        answer = recommend_run(args.run_dir)
+        print()
+        print(format_recommendation(answer.recommendation, answer.comparison, final=answer.final))
+    return 0
 
 
 def _cmd_kfold(args: argparse.Namespace) -> int:
@@ -211,9 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache", default=None, help="cache root (default: $HPSEARCH_CACHE or ~/.cache/hpsearch)"
     )
     pr.add_argument(
-        "--test-fraction", type=float, default=0.1, help="held-out fraction (default 0.1)"
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="held-out test part, read only by `hpsearch final` (default 0.1)",
     )
-    pr.add_argument("--folds", type=int, default=0, help="also assign K stratified folds (0: none)")
+    pr.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="validation part that trials report on and the search selects by (default 0.1)",
+    )
+    pr.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="also assign K stratified folds of train + validation (0: none)",
+    )
     pr.add_argument(
         "--merge",
         action="append",
@@ -271,6 +304,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default=None, help="Ray cluster to join (default: start Ray locally)"
     )
     kf.set_defaults(func=_cmd_kfold)
+
+    fi = sub.add_parser(
+        "final",
+        help="train the recommended config on train + validation, evaluate it once on the test part",
+    )
+    fi.add_argument("run_dir")
+    fi.add_argument(
+        "--trial",
+        default=None,
+        metavar="ID",
+        help="the trial whose config to train (default: the k-fold recommendation)",
+    )
+    fi.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs (default: the k-fold estimate's, else the run's train.epochs)",
+    )
+    fi.set_defaults(func=_cmd_final)
 
     rp = sub.add_parser(
         "report", help="write RUN_DIR/report/: every plot the run supports, index.html"

@@ -103,6 +103,29 @@ def with_init_state(
     return dataclasses.replace(data, init_state=state)
 
 
+def fold_init_files(
+    exp: Experiment, data: TrialData, settings: TrialSettings, kfold_dir: Path, k: int
+) -> dict[int, str] | None:
+    """With train.same_init, fold -> the file of that fold's start weights, each warmed up on
+    the fold's training folds only (the search's shared start weights were trained on most of
+    every fold's held-out images). Written once in `kfold_dir`, read back on a rerun."""
+    if exp.train.same_init is None:
+        return None
+    from search.warmup import warmup_weights
+
+    kfold_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for fold in range(k):
+        path = kfold_dir / fold_init_file(fold)
+        warmup_weights(exp, data, settings, kfold_dir, fold=fold, path=path)
+        files[fold] = str(path.resolve())
+    return files
+
+
+def fold_init_file(fold: int) -> str:
+    return f"init_weights-fold{fold}.pt"
+
+
 def for_cluster(data: TrialData, address: str | None) -> TrialData:
     """`data` as trials on other machines reach it: joined to a cluster (`--address`), the
     driver starts an image server next to the cache file for nodes that do not have it. Call
@@ -114,9 +137,25 @@ def for_cluster(data: TrialData, address: str | None) -> TrialData:
 
 
 def load_data(exp: Experiment, *, folds: int | None = None, progress: bool = True) -> TrialData:
-    """Decode (or reuse) the cache of the experiment's folder. `folds` overrides data.folds."""
+    """Decode (or reuse) the cache of the experiment's folder. `folds` overrides data.folds.
+    Trials train on the train part and validate on the validation part; the held-out test part
+    is in neither (nor in any fold)."""
+
+    cache = _prepared_cache(exp, folds=folds, progress=progress)
+    return _trial_data(cache, cache.indices("train"), cache.indices("val"))
+
+
+def load_final_data(exp: Experiment, *, progress: bool = True) -> TrialData:
+    """The final evaluation's data (`hpsearch final`): train on train + validation, evaluate
+    on the held-out test part."""
     import numpy as np
 
+    cache = _prepared_cache(exp, folds=None, progress=progress)
+    train = np.sort(np.concatenate([cache.indices("train"), cache.indices("val")]))
+    return _trial_data(cache, train, cache.indices("test"))
+
+
+def _prepared_cache(exp: Experiment, *, folds: int | None, progress: bool):
     from data_pipeline import DatasetError, prepare
 
     data = exp.data
@@ -134,6 +173,7 @@ def load_data(exp: Experiment, *, folds: int | None = None, progress: bool = Tru
             image_size=data.image_size,
             cache_root=data.cache,
             test_fraction=data.test_fraction,
+            val_fraction=data.val_fraction,
             folds=data.folds if folds is None else folds,
             merge=data.merge or None,
             workers=data.workers,
@@ -142,11 +182,17 @@ def load_data(exp: Experiment, *, folds: int | None = None, progress: bool = Tru
         )
     except DatasetError as e:
         raise ExperimentError(f"data.folder: {e}") from None
+    return cache
+
+
+def _trial_data(cache, train_idx, val_idx) -> TrialData:
+    import numpy as np
+
     return TrialData(
         source=ImageSource(cache.images),  # the cache's memory map: no copy here either
         labels=np.asarray(cache.labels, dtype=np.int64),
-        train_idx=np.asarray(cache.indices("train"), dtype=np.int64),
-        val_idx=np.asarray(cache.indices("test"), dtype=np.int64),
+        train_idx=np.asarray(train_idx, dtype=np.int64),
+        val_idx=np.asarray(val_idx, dtype=np.int64),
         folds=np.asarray(cache.fold, dtype=np.int64),
         classes=tuple(cache.classes),
         mean=tuple(float(m) for m in cache.mean),

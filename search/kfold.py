@@ -8,6 +8,7 @@ run again after a crash or Ctrl-C continues it (finished folds are kept).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,6 @@ import pandas as pd
 from rundir import (
     COMPARISON_FILE,
     EPOCHS_FILE,
-    EXPERIMENT_FILE,
     FOLDS_FILE,
     KFOLD_DIR,
     KFOLD_SPEC,
@@ -33,9 +33,10 @@ from rundir import (
 )
 from search.errors import ExperimentError
 from search.export import read_results, tune_statuses
-from search.inputs import TrialData, TrialSettings, for_cluster, load_data, with_init_state
-from search.schema import Experiment, load_experiment
+from search.inputs import TrialData, TrialSettings, fold_init_files, for_cluster, load_data
+from search.schema import Experiment, load_run_experiment
 from search.session import ray_session
+from search.space import config_label
 from search.tune_setup import restore_tuner, run_config, trainable, trial_dirname
 
 
@@ -79,13 +80,6 @@ def _config(run_dir: Path, trial_id: str) -> dict[str, Any]:
     return json.loads((run_dir / f"{TRIAL_PREFIX}{trial_id}" / PARAMS_FILE).read_text())
 
 
-def _label(config: dict[str, Any]) -> str:
-    parts = [config.get("arch", "?")]
-    if config.get("optimizer"):
-        parts.append(f"{config['optimizer']} lr={config.get('lr', 0):.2g}")
-    return " ".join(parts)
-
-
 def collect_folds(
     kfold_dir: Path, *, epochs: int, configs: dict[str, dict[str, Any]]
 ) -> pd.DataFrame:
@@ -118,7 +112,7 @@ def collect_folds(
                     "macro_precision": last[f"{prefix}macro_precision"],
                     "loss": last[f"{prefix}loss"],
                     "arch": source.get("arch"),
-                    "label": _label(source),
+                    "label": config_label(source),
                     "epochs": last["epoch"],
                 }
             )
@@ -178,11 +172,7 @@ def run_kfold(
     run_dir = Path(run_dir)
     if k < 2:
         raise ExperimentError(f"--k {k}: use at least 2 folds")
-    if not (run_dir / EXPERIMENT_FILE).exists():
-        raise ExperimentError(
-            f"{run_dir} is not a run directory of hpsearch (no {EXPERIMENT_FILE})"
-        )
-    exp = load_experiment(run_dir / EXPERIMENT_FILE)
+    exp = load_run_experiment(run_dir)
     epochs = epochs or exp.train.epochs
     kfold_dir = run_dir / KFOLD_DIR
     spec = _fold_spec(kfold_dir, k=k, epochs=epochs, trial_ids=trial_ids)
@@ -190,12 +180,14 @@ def run_kfold(
         spec["configs"] if spec else select_configs(run_dir, exp, top=top, trial_ids=trial_ids)
     )
     settings = TrialSettings.from_experiment(exp, epochs=epochs)
-    # the run's shared start, as in the search
-    data = with_init_state(exp, load_data(exp, folds=k, progress=progress), settings, run_dir)
+    data = load_data(exp, folds=k, progress=progress)
+    init_files = fold_init_files(exp, data, settings, kfold_dir, k)
     interrupted = False
     with ray_session(address):
         shared = for_cluster(data, address)
-        fold_trainable = trainable(exp, fold_trial, data=shared, settings=settings, configs=configs)
+        fold_trainable = trainable(
+            exp, fold_trial, data=shared, settings=settings, configs=configs, init_files=init_files
+        )
         if (kfold_dir / TUNER_FILE).exists():
             tuner = restore_tuner(kfold_dir, fold_trainable)
         else:
@@ -236,9 +228,17 @@ def fold_trial(
     data: TrialData,
     settings: TrialSettings,
     configs: dict[str, dict[str, Any]],
+    init_files: dict[int, str] | None = None,
 ) -> None:
-    """One (config, fold) pair: the source trial's config trained on the other folds."""
+    """One (config, fold) pair: the source trial's config trained on the other folds (from the
+    fold's own same-init start weights, with train.same_init)."""
     from search.trainable import train_trial
 
+    fold = int(config["fold"])
+    if init_files:
+        import torch
+
+        state = torch.load(init_files[fold], map_location="cpu", weights_only=True)
+        data = dataclasses.replace(data, init_state=state)
     source = configs[config["config_id"]]
-    train_trial({**source, "fold": config["fold"]}, data=data, settings=settings)
+    train_trial({**source, "fold": fold}, data=data, settings=settings)

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from rundir import METRICS, metric_mode
+from rundir import EXPERIMENT_FILE, METRICS, metric_mode
 from search.dimensions import OPTIMIZER, OPTIMIZER_PARAMS, OPTIMIZERS, SPACE_DIMENSIONS, Dimension
 from search.errors import ExperimentError
 from search.space import grid_points, varying_architecture_dims
@@ -90,7 +90,10 @@ class DataSection(_Strict):
     folder: str | None = None  # image folder, one sub-folder per class (relative to the cwd)
     cache: str | None = None  # cache root (default $HPSEARCH_CACHE or ~/.cache/hpsearch)
     image_size: int = Field(64, ge=8, le=1024)
+    # Three disjoint parts: trials train on train and report on the validation part, which the
+    # search selects by; the test part is read only by `hpsearch final`.
     test_fraction: float = Field(0.1, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
     folds: int = Field(0, ge=0)
     merge: dict[str, list[str]] = Field(default_factory=dict)
     seed: int = 0
@@ -102,6 +105,15 @@ class DataSection(_Strict):
         if v == 1:
             raise ValueError("folds must be 0 (none) or at least 2")
         return v
+
+    @model_validator(mode="after")
+    def _parts(self) -> DataSection:
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                f"test_fraction {self.test_fraction} + val_fraction {self.val_fraction} leave no "
+                "training images: keep their sum below 1, e.g. 0.1 and 0.1"
+            )
+        return self
 
 
 class SearchSection(_Strict):
@@ -129,6 +141,9 @@ class SchedulerSection(_Strict):
     type: Literal["asha", "none"] = "asha"
     grace_period: int = Field(1, ge=1)  # epochs every trial gets before ASHA may stop it
     reduction_factor: float = Field(3.0, gt=1)
+    # ASHA's brackets: 1 = ASHA; more = asynchronous Hyperband (Li et al. 2020), each further
+    # bracket starting its trials' first rung a reduction_factor later (a less greedy stop).
+    brackets: int = Field(1, ge=1, le=8)
 
 
 class SameInit(_Strict):
@@ -278,3 +293,24 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experime
         return Experiment.model_validate(doc)
     except ValidationError as e:
         raise ExperimentError(format_validation_error(e, str(path))) from None
+
+
+def load_run_experiment(run_dir: str | Path) -> Experiment:
+    """The experiment of a run directory, for `resume`, `kfold` and `final`. Raises
+    ExperimentError for a folder that is not a run directory, or a run made before the
+    three-part split: its trials validated on what is now the held-out test part, so neither
+    continuing it nor a final evaluation of it would be honest."""
+    path = Path(run_dir) / EXPERIMENT_FILE
+    if not path.is_file():
+        raise ExperimentError(
+            f"{run_dir} is not a run directory of hpsearch (no {EXPERIMENT_FILE})"
+        )
+    raw = yaml.safe_load(path.read_text()) or {}
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(data, dict) or "val_fraction" not in data:
+        raise ExperimentError(
+            f"{run_dir} was made before hpsearch split the images into train / validation / "
+            "test: its trials were selected on the part that is now held out for the final "
+            f"test. Start a new run from its experiment: hpsearch run {path} --name NEW_NAME"
+        )
+    return load_experiment(path)

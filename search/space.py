@@ -206,3 +206,11 @@ def check_space(space: SearchSpace, *, image_size: int, num_classes: int) -> lis
 
 def _describe(config: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in config.items())
+
+
+def config_label(config: dict[str, Any]) -> str:
+    """A short readable name of a trial's config: its architecture and optimizer."""
+    parts = [str(config.get("arch", "?"))]
+    if config.get("optimizer"):
+        parts.append(f"{config['optimizer']} lr={config.get('lr', 0):.2g}")
+    return " ".join(parts)

@@ -100,6 +100,7 @@ def scheduler(exp: Experiment):
             max_t=exp.train.epochs,
             grace_period=exp.scheduler.grace_period,
             reduction_factor=exp.scheduler.reduction_factor,
+            brackets=exp.scheduler.brackets,
         )
     return FIFOScheduler()
 

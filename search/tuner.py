@@ -17,7 +17,7 @@ from rundir import EXPERIMENT_FILE, TUNER_FILE, VERSIONS_FILE, write_text
 from search.errors import ExperimentError
 from search.export import export_run, library_versions
 from search.inputs import TrialData, TrialSettings, for_cluster, load_data, with_init_state
-from search.schema import Experiment, load_experiment
+from search.schema import Experiment, load_run_experiment
 from search.session import ray_session
 from search.tune_setup import new_tuner, restore_tuner, search_trainable
 from search.validate import check_experiment
@@ -81,7 +81,7 @@ def resume(
         raise ExperimentError(
             f"{run_dir} is not a run directory of hpsearch (no {EXPERIMENT_FILE} / {TUNER_FILE})"
         )
-    exp = load_experiment(run_dir / EXPERIMENT_FILE)
+    exp = load_run_experiment(run_dir)
     settings = TrialSettings.from_experiment(exp)
     data = with_init_state(exp, load_data(exp, progress=progress), settings, run_dir)
     with ray_session(address):

@@ -36,7 +36,14 @@ def src(tmp_path: Path, make_folder) -> Path:
 
 def _prepare(src: Path, cache_root: Path, **kwargs):
     kwargs = (
-        dict(image_size=SIZE, cache_root=cache_root, workers=1, test_fraction=0.25, progress=False)
+        dict(
+            image_size=SIZE,
+            cache_root=cache_root,
+            workers=1,
+            test_fraction=0.25,
+            val_fraction=0.25,
+            progress=False,
+        )
         | kwargs
     )
     return prepare(src, **kwargs)
@@ -102,7 +109,7 @@ def test_draft_decoded_large_jpegs_stay_close_to_torchvision(tmp_path: Path, mak
     # 96 x 72 at size 16: these JPEGs are decoded at 1/4 scale (DCT scaling) before the
     # bilinear resize, so pixels differ a little from a full decode; not by more than this.
     src = make_folder(tmp_path / "src", {"a": 3, "b": 3}, size=(96, 72))
-    cache, _ = _prepare(src, tmp_path / "c", test_fraction=0.5)
+    cache, _ = _prepare(src, tmp_path / "c", test_fraction=0.25, val_fraction=0.25)
     for path, row in _rows(cache).items():
         diff = np.abs(cache.images[row].astype(int) - _reference(src / path).numpy().astype(int))
         assert diff.mean() < 3 and diff.max() <= 16, (path, diff.mean(), diff.max())
@@ -127,7 +134,9 @@ def test_jpegs_decoded_at_m_eighths_stay_close_to_torchvision(
     # a few pixels (under 3 % here) differ by more than 8 levels, up to ~20 (PIL's own draft mode does the same at 1/2).
     assert dct_eighths(*size, image_size) == eighths
     src = make_folder(tmp_path / "src", {"a": 3, "b": 3}, size=size)
-    cache, _ = _prepare(src, tmp_path / "c", test_fraction=0.5, image_size=image_size)
+    cache, _ = _prepare(
+        src, tmp_path / "c", test_fraction=0.25, val_fraction=0.25, image_size=image_size
+    )
     for path, row in _rows(cache).items():
         reference = _reference(src / path, size=image_size).numpy().astype(int)
         diff = np.abs(cache.images[row].astype(int) - reference)
@@ -195,7 +204,9 @@ def test_changing_only_split_merge_or_folds_decodes_nothing(
     assert s.reused and s.split_written and other.path == first.path
     assert other.classes == ["ab", "c"] and not np.array_equal(other.split, first.split)
     train, test = other.fold_indices(0)
-    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 24
+    held_out = np.flatnonzero(other.split == "test")
+    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 24 - len(held_out)
+    assert len(np.intersect1d(np.concatenate([train, test]), held_out)) == 0
 
 
 @pytest.mark.parametrize("change", ["modify", "add", "remove", "size"])
@@ -287,7 +298,7 @@ def test_load_cache_memory_maps_and_checks_folds(src: Path, tmp_path: Path) -> N
     assert isinstance(loaded.images, np.memmap) and loaded.images.shape == (24, 3, SIZE, SIZE)
     assert loaded.labels.dtype == np.int64 and loaded.classes == ["a", "b", "c"]
     assert not isinstance(load_cache(cache.path, mmap=False).images, np.memmap)
-    assert set(loaded.split) == {"train", "test"} and (loaded.fold == -1).all()
+    assert set(loaded.split) == {"train", "val", "test"} and (loaded.fold == -1).all()
     with pytest.raises(DatasetError, match="--folds"):
         loaded.fold_indices(0)
 
@@ -297,7 +308,26 @@ def test_the_saved_manifest_can_lay_out_the_split(src: Path, tmp_path: Path) -> 
     manifest = pd.read_parquet(cache.path / "manifest.parquet")  # remembers its source folder
     out = materialize_split(manifest, tmp_path / "layout")
     assert len(list((out / "test").rglob("*.*"))) == len(cache.indices("test")) == 6
-    assert len(list((out / "train").rglob("*.*"))) == len(cache.indices("train")) == 18
+    assert len(list((out / "val").rglob("*.*"))) == len(cache.indices("val")) == 6
+    assert len(list((out / "train").rglob("*.*"))) == len(cache.indices("train")) == 12
+
+
+def test_a_cache_split_before_the_validation_part_says_to_prepare_again(
+    src: Path, tmp_path: Path
+) -> None:
+    """Caches prepared with a train / test split only (trials validated on the test part)."""
+    import json
+
+    cache, _ = _prepare(src, tmp_path / "c")
+    meta = json.loads((cache.path / "meta.json").read_text())
+    del meta["split"]["val_fraction"]
+    (cache.path / "meta.json").write_text(json.dumps(meta))
+    old = load_cache(cache.path)
+    assert old.indices("all").size == 24  # still opens
+    with pytest.raises(DatasetError, match="train / test split only.*hpsearch prepare"):
+        old.indices("val")
+    again, summary = _prepare(src, tmp_path / "c")  # what the message says: nothing decoded
+    assert summary.decoded == 0 and summary.split_written and again.indices("val").size == 6
 
 
 def test_default_cache_root_is_hpsearch_cache(

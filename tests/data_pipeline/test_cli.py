@@ -97,7 +97,7 @@ def test_prepare_does_not_import_torch(src: Path, tmp_path: Path) -> None:
         "import sys\n"
         "from search.cli import main\n"
         f"code = main(['prepare', {str(src)!r}, '--image-size', '16', '--cache', "
-        f"{str(tmp_path / 'cache')!r}, '--workers', '2', '--test-fraction', '0.25'])\n"
+        f"{str(tmp_path / 'cache')!r}, '--workers', '2', '--test-fraction', '0.25', '--val-fraction', '0.25'])\n"
         "heavy = ('torch', 'torchvision')\n"
         "print(code, sorted(m for m in heavy if m in sys.modules))\n"
     )
@@ -115,12 +115,14 @@ def test_prepared_cache_reuses_its_split_without_scikit_learn(src: Path, tmp_pat
     from data_pipeline import prepare
 
     cache_root = tmp_path / "cache"
-    first, _ = prepare(src, image_size=16, cache_root=cache_root, test_fraction=0.25, folds=3)
+    first, _ = prepare(
+        src, image_size=16, cache_root=cache_root, test_fraction=0.25, val_fraction=0.25, folds=3
+    )
     code = (
         "import sys\n"
         "from data_pipeline import prepare\n"
         f"c, s = prepare({str(src)!r}, image_size=16, cache_root={str(cache_root)!r}, "
-        "test_fraction=0.25, folds=3, progress=False)\n"
+        "test_fraction=0.25, val_fraction=0.25, folds=3, progress=False)\n"
         "print(s.split_written, 'sklearn' in sys.modules, ''.join(c.split.astype(str).tolist()))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -128,5 +130,7 @@ def test_prepared_cache_reuses_its_split_without_scikit_learn(src: Path, tmp_pat
     assert (written, sklearn) == ("False", "False"), out.stderr
     assert split == "".join(first.split.astype(str).tolist())
     # Another option is a new split (and with it scikit-learn), the stored one is not kept.
-    again, summary = prepare(src, image_size=16, cache_root=cache_root, test_fraction=0.5)
+    again, summary = prepare(
+        src, image_size=16, cache_root=cache_root, test_fraction=0.35, val_fraction=0.25
+    )
     assert summary.split_written and (again.split == "test").sum() > (first.split == "test").sum()

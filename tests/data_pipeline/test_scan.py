@@ -120,7 +120,8 @@ def test_permission_denied_is_skipped(
         image_size=SIZE,
         cache_root=tmp_path / "c",
         workers=1,
-        test_fraction=0.5,
+        test_fraction=0.25,
+        val_fraction=0.25,
         progress=False,
     )
     assert summary.skipped == {"permission denied": 1}
@@ -136,7 +137,8 @@ def test_chmod_000_is_skipped(tmp_path: Path, make_folder) -> None:
         image_size=SIZE,
         cache_root=tmp_path / "c",
         workers=1,
-        test_fraction=0.5,
+        test_fraction=0.25,
+        val_fraction=0.25,
         progress=False,
     )
     assert summary.skipped == {"permission denied": 1}
@@ -162,15 +164,16 @@ def test_one_class_is_an_error_naming_what_was_found(tmp_path: Path, make_folder
 def test_class_whose_images_all_fail_to_decode_is_dropped(tmp_path: Path, make_folder) -> None:
     root = make_folder(tmp_path / "src", {"a": 4})
     (root / "b").mkdir()
-    for name in ("fake1.jpg", "fake2.jpg"):
+    for name in ("fake1.jpg", "fake2.jpg", "fake3.jpg"):
         (root / "b" / name).write_text("not a jpeg")
-    with pytest.raises(DatasetError, match=r"found 1 .*2 not an image PIL can identify"):
+    with pytest.raises(DatasetError, match=r"found 1 .*3 not an image PIL can identify"):
         prepare(
             root,
             image_size=SIZE,
             cache_root=tmp_path / "c",
             workers=1,
-            test_fraction=0.5,
+            test_fraction=0.25,
+            val_fraction=0.25,
             progress=False,
         )
 

@@ -54,13 +54,30 @@ def labelled(counts: dict[str, int] = COUNTS, merge=None) -> pd.DataFrame:
     return assign_labels(manifest_of(counts), merge)[0]
 
 
-def test_split_is_stratified() -> None:
-    m = assign_split(labelled(), test_fraction=0.2, seed=0)
+def test_split_is_three_disjoint_stratified_parts() -> None:
+    m = assign_split(labelled(), test_fraction=0.2, val_fraction=0.1, seed=0)
     for folder, n in COUNTS.items():
-        test = ((m["folder"] == folder) & (m["split"] == "test")).sum()
-        assert abs(test - 0.2 * n) <= 1, folder
-    assert set(m["split"]) == {"train", "test", ""}
+        of_class = m[(m["folder"] == folder) & (m["status"] == "ok")]
+        assert abs((of_class["split"] == "test").sum() - 0.2 * n) <= 1, folder
+        assert abs((of_class["split"] == "val").sum() - 0.1 * n) <= 1, folder
+    assert set(m["split"]) == {"train", "val", "test", ""}  # one part per row: disjoint
     assert (m.loc[m["status"] != "ok", "split"] == "").all()
+
+
+def test_the_test_part_does_not_depend_on_the_validation_fraction() -> None:
+    """The test part is drawn first: asking for another validation part never moves an image
+    between the held-out test part and the rest."""
+    a = assign_split(labelled(), test_fraction=0.1, val_fraction=0.1, seed=0)
+    b = assign_split(labelled(), test_fraction=0.1, val_fraction=0.3, seed=0)
+    assert a["path"][a["split"] == "test"].tolist() == b["path"][b["split"] == "test"].tolist()
+    assert (b["split"] == "val").sum() > (a["split"] == "val").sum()
+
+
+def test_folds_never_include_a_test_image() -> None:
+    m = assign_folds(assign_split(labelled(), test_fraction=0.2, seed=0), folds=5, seed=0)
+    assert (m.loc[m["split"] == "test", "fold"] == -1).all()
+    kept = m[m["split"].isin(["train", "val"])]
+    assert sorted(kept["fold"].unique()) == list(range(5))
 
 
 def test_split_is_deterministic_and_independent_of_row_order() -> None:
@@ -98,7 +115,9 @@ def test_no_folds_means_minus_one() -> None:
     [
         (dict(test_fraction=0.0), "between 0 and 1"),
         (dict(test_fraction=1.5), "between 0 and 1"),
-        (dict(test_fraction=0.001), r"use a test fraction between"),
+        (dict(test_fraction=0.001), r"use fractions of at least"),
+        (dict(val_fraction=0.0), "validation fraction 0.0 must be between 0 and 1"),
+        (dict(test_fraction=0.5, val_fraction=0.5), "leave no training images"),
     ],
 )
 def test_bad_split_options_say_what_to_change(kwargs, message) -> None:
@@ -107,7 +126,10 @@ def test_bad_split_options_say_what_to_change(kwargs, message) -> None:
 
 
 def test_tiny_class_says_what_to_change() -> None:
-    with pytest.raises(DatasetError, match=r"fewer than 2 usable images.*'c' \(1\).*--merge"):
+    with pytest.raises(
+        DatasetError,
+        match=r"fewer than 3 usable images.*train, validation and test: 'c' \(1\).*--merge",
+    ):
         assign_split(labelled({"a": 10, "b": 10, "c": 1}))
     with pytest.raises(DatasetError, match=r"into 10 folds: 'c' \(4\).*lower --folds"):
         assign_folds(labelled({"a": 20, "b": 20, "c": 4}), folds=10)
@@ -145,14 +167,19 @@ def test_merge_with_unknown_class_lists_the_classes_found() -> None:
 
 def test_materialize_split_links_the_seed_layout(tmp_path: Path, make_folder) -> None:
     root = make_folder(tmp_path / "src", {"a": 6, "b": 6, "c": 4})
-    m = assign_split(assign_labels(scan(root), {"ab": ["a", "b"]})[0], test_fraction=0.25, seed=0)
+    m = assign_split(
+        assign_labels(scan(root), {"ab": ["a", "b"]})[0],
+        test_fraction=0.25,
+        val_fraction=0.25,
+        seed=0,
+    )
     out = materialize_split(m, tmp_path / "out")
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert len(files) == 16
-    assert {f.split("/")[0] for f in files} == {"train", "test"}
-    assert "train/c/img_000.jpg" in files or "test/c/img_000.jpg" in files
+    assert {f.split("/")[0] for f in files} == {"train", "val", "test"}
+    assert any(f"{part}/c/img_000.jpg" in files for part in ("train", "val", "test"))
     assert any(
-        f.startswith(("train/ab/a/", "test/ab/a/")) for f in files
+        f.startswith(("train/ab/a/", "val/ab/a/", "test/ab/a/")) for f in files
     )  # merged: old folder kept
     linked = next(out.rglob("img_001.jpg"))
     assert (
@@ -167,7 +194,7 @@ def test_materialize_split_copies_when_links_fail(
     tmp_path: Path, make_folder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = make_folder(tmp_path / "src", {"a": 3, "b": 3})
-    m = assign_split(assign_labels(scan(root))[0], test_fraction=0.4, seed=0)
+    m = assign_split(assign_labels(scan(root))[0], test_fraction=0.33, val_fraction=0.33, seed=0)
 
     def no_link(src, dst):
         raise OSError(18, "Invalid cross-device link")

@@ -55,6 +55,79 @@ def test_fold_splits_partition_the_data(tiny_data):
     assert list(val) == [9]
 
 
+def test_kfold_and_its_warmups_never_train_on_what_they_evaluate(
+    tmp_path, small_folder, cache_root, monkeypatch
+):
+    """Every image a fold's model and its same-init warm-up trained on lies outside the fold it
+    is evaluated on, and no fold (nor its warm-up) touches the held-out test part."""
+    import types
+
+    import ray
+    from ray import tune
+
+    from search import trainable
+    from search.inputs import TrialSettings, fold_init_files, load_data, load_final_data
+    from search.kfold import fold_trial
+    from search.schema import load_experiment
+
+    exp = load_experiment(
+        REPO / "experiments" / "optimizers.yaml",
+        [
+            f"data.folder={small_folder}",
+            f"data.cache={cache_root}",
+            "data.image_size=16",
+            "train.epochs=1",
+            "train.batch_size=27",
+            "search.space.arch=FlatAlexNet",
+            "search.space.width=0.125",
+        ],
+    )
+    k = 3
+    data = load_data(exp, folds=k, progress=False)
+    test_part = set(load_final_data(exp, progress=False).val_idx.tolist())
+    assert test_part and not test_part & set(np.flatnonzero(data.folds >= 0).tolist())
+    seen: list[tuple[set, set]] = []
+
+    class Recorded(trainable.Trainer):
+        def __init__(self, *args, train_idx, val_idx, **kwargs):
+            seen.append((set(np.asarray(train_idx).tolist()), set(np.asarray(val_idx).tolist())))
+            super().__init__(*args, train_idx=train_idx, val_idx=val_idx, **kwargs)
+
+    monkeypatch.setattr(trainable, "Trainer", Recorded)
+    monkeypatch.setattr(tune, "report", lambda result, checkpoint=None: None)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(
+        ray, "get_runtime_context", lambda: types.SimpleNamespace(get_node_id=lambda: "n")
+    )
+    settings = TrialSettings.from_experiment(exp)
+    files = fold_init_files(exp, data, settings, tmp_path / "kfold", k)
+    warmups = list(seen)
+    assert sorted(files) == list(range(k)) and len(warmups) == k
+    config = {"arch": "FlatAlexNet", "width": 0.125, "optimizer": "adam", "lr": 0.001}
+    for fold in range(k):
+        fold_trial(
+            {"config_id": "a", "fold": fold},
+            data=data,
+            settings=settings,
+            configs={"a": config},
+            init_files=files,
+        )
+    trained = seen[k:]
+    assert len(trained) == k
+    for fold, ((warm_train, _), (train, evaluated)) in enumerate(
+        zip(warmups, trained, strict=True)
+    ):
+        assert evaluated == set(np.flatnonzero(data.folds == fold).tolist())
+        assert not warm_train & evaluated and not train & evaluated
+        assert not (warm_train | train | evaluated) & test_part
+    # the folds' warm-ups differ (each saw other images), and each is kept for a rerun
+    states = [torch.load(files[f], weights_only=True) for f in range(k)]
+    assert not all(torch.equal(states[0][n], states[1][n]) for n in states[0])
+    before = (tmp_path / "kfold" / "init_weights-fold0.pt").stat().st_mtime_ns
+    fold_init_files(exp, data, settings, tmp_path / "kfold", k)
+    assert (tmp_path / "kfold" / "init_weights-fold0.pt").stat().st_mtime_ns == before
+
+
 @pytest.mark.slow
 def test_kfold_after_a_search_and_resumable(
     ray_session, tmp_path, small_folder, cache_root, capsys
@@ -106,10 +179,50 @@ def test_kfold_after_a_search_and_resumable(
     assert main(["kfold", str(run_dir), "--k", "5"]) == 2
     assert "delete" in capsys.readouterr().err
 
+    # the recommendation, trained on train + validation, evaluated once on the test part
+    comparison = pd.read_parquet(run_dir / "comparison.parquet")
+    assert set(comparison["config_id"]) == set(folds["config_id"])
+    assert main(["final", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "Which CNN to train" in out and "evaluation 1" in out and "WARNING" not in out
+    final = pd.read_parquet(run_dir / "final.parquet")
+    assert len(final) == 1 and final["evaluation"].tolist() == [1]
+    assert final["config_id"].iloc[0] in set(folds["config_id"])
+    n_test = int(final["test_images"].iloc[0])
+    per_class = pd.read_parquet(run_dir / "final_classes.parquet")
+    assert per_class["support"].sum() == n_test and per_class["recall"].between(0, 1).all()
+    assert pd.read_parquet(run_dir / "final_confusion.parquet")["count"].sum() == n_test
+    saved = torch.load(run_dir / "final" / "model-1.pt", weights_only=True)
+    assert set(saved) == {"config", "classes", "state_dict"}
+    # a second use of the test part is allowed, and flagged
+    other = sorted(set(folds["config_id"]) - {final["config_id"].iloc[0]})[0]
+    assert main(["final", str(run_dir), "--trial", other]) == 0
+    out = capsys.readouterr().out
+    assert "already used 1 time" in out and "used 2 times" in out
+    assert pd.read_parquet(run_dir / "final.parquet")["evaluation"].tolist() == [1, 2]
+    assert main(["report", str(run_dir)]) == 0
+    html = (run_dir / "report" / "index.html").read_text()
+    first = html.index("Which CNN to train")
+    assert first < html.index("Top ") and "used 2 times" in html
+    assert main(["final", str(run_dir), "--trial", "nope"]) == 2
+    assert "no such trial" in capsys.readouterr().err
+
 
 def test_kfold_input_errors(tmp_path, capsys):
     assert main(["kfold", str(tmp_path), "--k", "3"]) == 2
     assert "not a run directory" in capsys.readouterr().err
+    assert main(["final", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    # a run made before the three-part split: its search selected on today's test part
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "experiment.yaml").write_text("name: old\ndata:\n  test_fraction: 0.1\n")
+    (old / "tuner.pkl").write_bytes(b"")
+    for verb in (["kfold", str(old)], ["final", str(old)], ["resume", str(old)]):
+        assert main(verb) == 2
+        assert "before hpsearch split the images into train / validation / test" in (
+            capsys.readouterr().err
+        ), verb
     assert main(["kfold", str(tmp_path), "--k", "1"]) == 2
     assert "at least 2 folds" in capsys.readouterr().err
 
