@@ -1,5 +1,21 @@
 """One copy of the images per node, and the time from `hpsearch run` to the first trial training.
 
+Measured 2026-12-02 02:23-02:42 UTC, `python -m benchmarks bench_memory`, on a 2-core Intel Xeon
+VM with AMX (no GPU; load average 0.6-1.9, this benchmark's own processes), 29,008 photos of
+500x375 in 28 classes -> 227 px, a 4.48 GB cache, alternating this version with the one before
+(same machine, same cache):
+  this version    first trial training 10.2, 10.7, 12.4 s after `hpsearch run` started (the
+                  10.7 and 12.4 s runs re-split a cache the other version had split; target
+                  <= 15 s: met); shared memory +0.00 GB (target < 0.25 of the cache: met)
+  the one before  14.8, 15.2 s
+What changed: the driver no longer imports torch (validating `arch` imported the model presets,
+and with them torch: models builds lazily now), a prepared cache's split is reused instead of
+split again (scikit-learn's import, ~1.5 s), and Tune, Optuna, SQLAlchemy and Alembic are
+imported in a thread while `ray.init` waits for Ray's processes. What is left: CLI and cache
+~1 s, Ray's start ~4.5 s, Tune's trial actor ~2 s, torch in the actor ~1.6 s and torchmetrics
+~3 s (it imports torchvision and scipy.signal; torch._dynamo, which it pulls in too, is
+imported by the optimizer's first step anyway).
+
 Measured 2026-12-02, `python -m benchmarks bench_memory`, on a 2-core Intel Xeon VM with AMX (no
 GPU; load average 0.7 at the start, 3.2 at the end: another job decoded photos meanwhile),
 29,008 photos of 500x375 in 28 classes -> 227 px, a 4.48 GB cache:

@@ -1,41 +1,44 @@
-"""Search throughput: hpsearch vs the Ray Tune tutorial way (ImageFolder + DataLoader per trial).
+"""Search throughput: `hpsearch run` vs the Ray Tune tutorial way (ImageFolder + DataLoader per
+trial), both as whole commands.
 
-Measured 2026-11-26, `python -m benchmarks bench_search` (in `make bench`), on a 2-core AMD EPYC
-VM (no GPU; 1-minute load average 1.7 at the start, 2.9 at the end), Ray 2.60, Optuna 5.0,
-torch 2.14.1: 2000 JPEGs of 640x480 (10 classes) -> 64 px, 4 trials x 3 epochs per side.
-  baseline  ImageFolder + DataLoader in every trial: 155.6 s, 278 trials x epochs per hour
-  hpsearch  cache build + search: 56.3 s, 767 trials x epochs per hour (mean training epoch
-            7.06 s; a later run reusing the cache opens it in 0.09 s)
-  ratio 2.76x (target >= 3x: NOT met, by 8 %)
-An earlier run the same hour gave 149.0 s vs 64.5 s, 2.31x (mean epoch 7.99 s). Before
-channels-last fp32 on the CPU (`search.trainable.use_channels_last`), hpsearch's epoch took
-9.65 s and the ratio was 1.75x (140.3 s vs 80.3 s); the earlier 2.97x was measured under a
-load of 3.6 to 4.9, which slowed the baseline's decoding more than hpsearch's training.
-Why not 3x on this CPU: once the images are cached, hpsearch's wall is the model's own compute
-(12 epochs x 7 s / 2 slots = 42 of the 56 s; the profile of an epoch is convolutions, forward
-and backward, at about half of one core's AVX2 peak), plus the start of each slot's trial
-actor (~11 s: torch, torch._dynamo and torchmetrics imports, the same on both sides) and the
-one-off cache build (~4 s). The baseline's extra cost is decoding and resizing the 640x480
-JPEGs again every epoch: (155.6 s - ~11 s start) / 6 epochs per slot = ~24 s per epoch, of
-which ~17 s is not training (bench_data: ImageFolder + DataLoader reads the 2,000 JPEGs in 8.6
-s with 2 workers). The ratio grows for smaller models and shrinks for larger ones; on a GPU, where the
-compute shrinks and the decoding does not, it should grow (not measured: no GPU).
+Measured 2026-12-02 02:46-02:57 UTC, `python -m benchmarks bench_search` (in `make bench`), on a
+2-core Intel Xeon VM with AMX (no GPU; load average 1.7-3.0, the benchmark's own processes), Ray
+2.60, Optuna 5.0, torch 2.14.1: 2,800 JPEGs of 500x375 (28 classes) -> 64 px, 4 trials x 2
+epochs per side, 3 pairs alternating which side runs first:
+  baseline  the tutorial's search as a script: 96.1, 95.3, 88.3 s (300-326 trials x epochs / h)
+  hpsearch  `hpsearch run` on a fresh cache folder: 37.4, 39.9, 35.7 s (723-806 / h; mean
+            training epoch 3.8-4.0 s, bf16 on this AMX CPU)
+  ratio     2.47x median (2.39-2.57; target >= 3x: NOT met, by 18 %)
+Where hpsearch's ~37 s go: the first trial trains ~10 s after the command starts (CLI and the
+cache's build ~3.5 s, Ray's start ~4.5 s, the trial actor's start and torch and torchmetrics
+imports ~6 s; see bench_memory), the 8 epochs take 2 x 2 x ~4 s = 16 s on the 2 slots, and ~4 s
+go to the export, Tune's last snapshot and Ray's shutdown. The baseline pays the same Ray start
+and torch imports (not torchmetrics' 3 s) and decodes the JPEGs again in every epoch of every
+trial. Training at 64 px in bf16 with AMX is 1.7x faster than fp32 channels-last here (3.0 vs
+5.2 s per epoch, one trial alone), which is why `precision: auto` picks it.
+Earlier (2026-11-26, AMD EPYC without AMX, the sides in one process on one Ray instance, 2,000
+JPEGs of 640x480, 3 epochs, train 90 %): 2.76x (155.6 vs 56.3 s).
 
-What is compared, on one generated folder of photo-like 640x480 JPEGs in 10 classes (bench_data's
-generator), with one Ray instance and the same trials on both sides:
-- hpsearch: `search.tuner.run` on a fresh cache folder, so the one-off decode (`prepare`, all
-  cores) is inside the timed wall; every trial then slices batches from the shared uint8 array.
-- the baseline, as Ray's "Hyperparameter tuning with Ray Tune" PyTorch tutorial writes it: a
-  function trainable that opens the folder with torchvision `ImageFolder` and the seed's
-  transforms (Resize, CenterCrop, ToTensor, Normalize), splits it with `random_split`, and reads
-  it through a `DataLoader` every epoch of every trial; `OptunaSearch` (TPE) behind a
+What is compared, on one generated folder of photo-like 500x375 JPEGs in 28 classes (bench_data's
+generator, the seed's kind of photo), with the same trials on both sides:
+- hpsearch: the command a user runs, `hpsearch run EXPERIMENT` in a subprocess, on a fresh
+  cache folder, so the one-off decode (`prepare`, all cores) is inside the timed wall; every
+  trial then slices batches from the shared uint8 array.
+- the baseline, as Ray's "Hyperparameter tuning with Ray Tune" PyTorch tutorial writes it, as a
+  script in a subprocess (its own Ray start): a function trainable that opens the folder with
+  torchvision `ImageFolder` and the seed's transforms (Resize, CenterCrop, ToTensor,
+  Normalize), splits it with `random_split` into the same 80 / 10 / 10 % parts, and reads it
+  through a `DataLoader` every epoch of every trial; `OptunaSearch` (TPE) behind a
   `ConcurrencyLimiter`; a checkpoint per epoch, as the tutorial does.
 Both: the same model (FlatAlexNet, width 0.25, one hidden MLP layer of 64) at 64 px, SGD with
 the learning rate searched in [0.003, 0.1], batch 64, the same number of trials and epochs, no
 early stopping (so both train exactly trials x epochs), 1 CPU per trial, 2 trials at a time,
-one DataLoader worker per trial (its CPU). Target: >= 3x trials x epochs per hour.
+one DataLoader worker per trial (its CPU). Each pair runs both commands one after the other,
+alternating which goes first; the ratio is baseline / hpsearch wall per pair, reported as the
+median and the range. Target: >= 3x trials x epochs per hour.
 
-Run: `python -m benchmarks bench_search` (full size) or with `--smoke` (tiny, measures nothing).
+Run: `python -m benchmarks bench_search` (full size: 3 pairs, ~10 min), `... -- --pairs 5`, or
+`--smoke` (tiny, both sides in this process on one Ray instance; measures nothing).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from data_pipeline import default_cache_root
 from data_pipeline.cache import default_workers
 
 TARGET = 3.0
+BASELINE_DONE = "baseline trained trials x epochs:"
 PARTS = (0.1, 0.1)  # test and validation fractions, both sides: train on 80 %
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -257,7 +261,9 @@ def pair(src: Path, work: Path, i: int, *, trials: int, epochs: int, size: int) 
     times = {}
     order = ("hpsearch", "baseline") if i % 2 == 0 else ("baseline", "hpsearch")
     for side in order:
-        times[side], _ = _timed(hp_cmd if side == "hpsearch" else base_cmd)
+        times[side], out = _timed(hp_cmd if side == "hpsearch" else base_cmd)
+        if side == "baseline" and f"{BASELINE_DONE} {trials * epochs}" not in out:
+            raise RuntimeError(f"the baseline's search did not train every epoch:\n{out[-3000:]}")
     epochs_table = pd.read_parquet(side_dir / "runs" / "hpsearch" / "epochs.parquet")
     _check_epochs(len(epochs_table), trials * epochs)
     shutil.rmtree(side_dir / "cache", ignore_errors=True)  # the next pair builds its own
@@ -288,6 +294,7 @@ def main(argv: list[str]) -> None:
         work = Path(args.work)
         with local_ray():
             run_baseline(Path(args.src), work, trials=trials, epochs=epochs, size=size)
+        print(f"{BASELINE_DONE} {trials * epochs}")  # run_baseline checked the count
         return
     pairs = args.pairs or (1 if args.smoke else 3)
     width, height, classes = (96, 72, 10) if args.smoke else (500, 375, 28)
@@ -352,3 +359,7 @@ def _precision(work: Path, i: int) -> str:
 
     trials = pd.read_parquet(work / f"pair-{i}" / "runs" / "hpsearch" / "trials.parquet")
     return ",".join(sorted(set(trials.get("precision", pd.Series(["?"])).astype(str))))
+
+
+if __name__ == "__main__":  # a pair's baseline side runs as `python -m benchmarks.bench_search`
+    main(sys.argv[1:])

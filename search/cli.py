@@ -91,6 +91,22 @@ def _finish(run_dir, tables, interrupted: bool, exp) -> int:
     if interrupted:
         print(f"the search did not finish; continue it with: hpsearch resume {run_dir}")
         return 130
+    from pathlib import Path
+
+    from rundir import FOLDS_FILE
+
+    if Path(run_dir, FOLDS_FILE).exists():
+        from analysis.stats import format_recommendation, recommend_run
+
+        answer = recommend_run(run_dir)
+        print()
+        print(format_recommendation(answer.recommendation, answer.comparison, final=answer.final))
+        print(f"\nnext: hpsearch final {run_dir}  (train it, evaluate it once on the test part)")
+    else:
+        print(
+            f"next: hpsearch kfold {run_dir} --top 3 --k 10  (error estimates and which config "
+            f"to train), then hpsearch final {run_dir}"
+        )
     return 0
 
 

@@ -96,6 +96,17 @@ def test_defaults_and_mode_follow_the_metric(tmp_path):
             "greater than 0",
         ),
         (lambda d: d["train"].update(precision="fp16"), "train.precision", "'bf16'"),
+        (
+            lambda d: d.update(data={"test_fraction": 0.5, "val_fraction": 0.5}),
+            "data",
+            "leave no training images",
+        ),
+        (lambda d: d.update(data={"val_fraction": 0}), "data.val_fraction", "greater than 0"),
+        (
+            lambda d: d.update(scheduler={"brackets": 0}),
+            "scheduler.brackets",
+            "greater than or equal to 1",
+        ),
         (lambda d: d["search"]["space"].update(strides=[4, 0]), "search.space.strides", ">= 1"),
         (
             lambda d: d.update(scheduler={"grace_period": 5}),
@@ -219,3 +230,14 @@ def test_every_experiment_file_validates(capsys):
     assert files
     for path in files:
         assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_brackets_make_asha_asynchronous_hyperband(tmp_path):
+    from search.tune_setup import scheduler
+
+    doc = base()
+    doc["scheduler"] = {"type": "asha", "brackets": 3}
+    asha = scheduler(load_experiment(write(tmp_path, doc)))
+    assert len(asha._brackets) == 3
+    doc["scheduler"] = {"type": "asha"}
+    assert len(scheduler(load_experiment(write(tmp_path, doc)))._brackets) == 1

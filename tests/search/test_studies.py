@@ -324,3 +324,10 @@ def test_every_experiment_runs_with_tiny_overrides(
         assert (
             len(pd.read_parquet(tmp_path / name / "folds.parquet")) == 2 * 2
         )  # 1 config x 2 folds x train/test
+    if name == "demo":  # the whole answer on the demo: k-fold, then the final evaluation
+        run_dir = tmp_path / name
+        assert main(["kfold", str(run_dir), "--top", "1", "--k", "2", "--epochs", "1"]) == 0
+        assert main(["final", str(run_dir)]) == 0
+        out = capsys.readouterr().out
+        assert "Which CNN to train" in out and "test part" in out
+        assert pd.read_parquet(run_dir / "final.parquet")["evaluation"].tolist() == [1]
