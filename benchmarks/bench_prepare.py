@@ -164,7 +164,8 @@ def run_size(
         cache = work / f"cache-{name}-{kind}-{i}"
         hp_cmd = hpsearch_command() + [
             "prepare", str(src), "--image-size", str(size), "--cache", str(cache),
-            "--test-fraction", str(test_fraction), "--workers", str(workers),
+            "--test-fraction", str(test_fraction), "--val-fraction", str(test_fraction),
+            "--workers", str(workers),
         ]  # fmt: skip
         base_cmd = [sys.executable, str(loop), str(src), str(size)]
         hp_first = i % 2 == 0

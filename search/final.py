@@ -85,7 +85,13 @@ def choose_trial(run_dir: Path, trial_id: str | None) -> tuple[str, str]:
         )
     from analysis.stats import recommend_run
 
-    rec = recommend_run(run_dir).recommendation
+    try:
+        rec = recommend_run(run_dir).recommendation
+    except ValueError as e:  # MissingDataError included: says what is missing
+        raise ExperimentError(
+            f"{run_dir}: no recommendation from its k-fold estimates ({e}); finish them with "
+            f"`hpsearch kfold {run_dir}`, or name a trial with --trial ID"
+        ) from None
     return str(rec.config_id), rec.reason
 
 
@@ -105,8 +111,11 @@ def _previous(run_dir: Path) -> pd.DataFrame:
 
 
 def _append(run_dir: Path, file: str, table: str, rows: pd.DataFrame) -> None:
+    """Add one evaluation's rows; rows of the same evaluation left by a crash are replaced."""
     path = run_dir / file
     old = pd.read_parquet(path) if path.exists() else None
+    if old is not None:
+        old = old[~old["evaluation"].isin(rows["evaluation"])]
     frame = pd.concat([old, rows], ignore_index=True) if old is not None and len(old) else rows
     write_parquet(coerce(frame, table), path)
 

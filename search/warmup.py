@@ -61,5 +61,6 @@ def warmup_weights(
                 f"lower train.same_init.lr (now {warm.lr})"
             )
     state = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: torch.save(state, f))
     return state

@@ -272,6 +272,14 @@ def test_same_init_trials_start_from_identical_weights(
     assert first_losses.nunique() == 1  # the same start and the same first batch ...
     assert losses.apply(list).map(tuple).nunique() == 2  # ... and then only the optimizer differs
 
+    # no k-fold here: `final` needs a named trial, and warms up again on train + validation
+    assert main(["final", str(run_dir)]) == 2
+    assert "hpsearch kfold" in capsys.readouterr().err
+    assert main(["final", str(run_dir), "--trial", trials["trial_id"].iloc[0]]) == 0
+    assert (run_dir / "final" / "init_weights.pt").exists()
+    final_init = torch.load(run_dir / "final" / "init_weights.pt", weights_only=True)
+    assert not all(torch.equal(final_init[n], init[n]) for n in init)
+
 
 def test_same_init_requires_a_fixed_architecture(capsys):
     path = REPO / "experiments" / "optimizers.yaml"
