@@ -12,6 +12,8 @@ from analysis.compare import (
     plot_architecture_comparison,
     plot_dropout_comparison,
     plot_optimizer_comparison,
+    plot_regularization_comparison,
+    regularization_labels,
 )
 from analysis.confusion import (
     confused_pairs,
@@ -75,10 +77,12 @@ __all__ = [
     "plot_loss_curves",
     "plot_optimizer_comparison",
     "plot_param_importances",
+    "plot_regularization_comparison",
     "plot_search_progress",
     "read_final",
     "recommend",
     "recommend_run",
+    "regularization_labels",
     "rolling_loss",
     "top_trials",
     "write_report",

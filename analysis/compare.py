@@ -18,7 +18,13 @@ from analysis._common import (
     pretty,
     require,
 )
-from analysis.curves import QUANTITIES, draw_rolling, rolling_loss, with_style_legend
+from analysis.curves import (
+    QUANTITIES,
+    draw_rolling,
+    plot_loss_curves,
+    rolling_loss,
+    with_style_legend,
+)
 from rundir import best_column, rank_trials
 
 if TYPE_CHECKING:
@@ -249,3 +255,51 @@ def plot_dropout_comparison(
     ax_y.legend(list(handles.values()), list(handles), fontsize=8, loc="best")
     fig.suptitle(title or "Dropout compared")
     return fig
+
+
+REGULARIZERS = (("l1", "L1"), ("weight_decay", "L2"), ("dropout", "dropout"))
+
+
+def regularization_labels(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's penalties as a label: "L1 1e-05", "L2 0.0005, dropout 0.5", "none"."""
+    parts = pd.Series([[] for _ in range(len(trials))], index=trials.index, dtype=object)
+    for col, name in REGULARIZERS:
+        if col not in trials:
+            continue
+        values = pd.to_numeric(trials[col], errors="coerce").fillna(0.0)
+        for i, v in values.items():
+            if v > 0:
+                parts[i] = [*parts[i], f"{name} {v:.3g}"]
+    return parts.map(lambda p: ", ".join(p) or "none")
+
+
+def plot_regularization_comparison(
+    steps: pd.DataFrame,
+    trials: pd.DataFrame,
+    *,
+    window: int = 50,
+    min_periods: int | None = None,
+    exclude_status: Sequence[str] = ("diverged",),
+    title: str | None = None,
+) -> Figure:
+    """The seed's regularisation figure: rolling training loss, one line per setting of the
+    penalties (`l1`, the optimizer's `weight_decay` = L2, `dropout`), the mean over its trials."""
+    what = "the regularization comparison"
+    require(trials, "trials", ["trial_id"], what=what)
+    if not any(c in trials for c in ("l1", "weight_decay")):
+        raise MissingDataError(
+            what,
+            "the trials have no l1 or weight_decay: search `l1` or an optimizer's `weight_decay`",
+        )
+    labelled = trials.assign(regularization=regularization_labels(trials))
+    if labelled["regularization"].nunique() < 2:
+        raise MissingDataError(what, "every trial ran with the same penalties; nothing to compare")
+    return plot_loss_curves(
+        steps,
+        labelled,
+        by="regularization",
+        window=window,
+        min_periods=min_periods,
+        exclude_status=exclude_status,
+        title=title or f"Regularization compared: training loss ({window}-step rolling mean)",
+    )

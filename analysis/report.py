@@ -22,6 +22,7 @@ from analysis.compare import (
     plot_architecture_comparison,
     plot_dropout_comparison,
     plot_optimizer_comparison,
+    plot_regularization_comparison,
 )
 from analysis.confusion import confused_pairs, merge_suggestions, plot_confusion_matrix
 from analysis.curves import plot_accuracy_curves, plot_loss_curves
@@ -144,6 +145,9 @@ def _sections(run: Run, *, window: int) -> list[_Section]:
     def dropout() -> Figure:
         return plot_dropout_comparison(steps, trials, window=window)
 
+    def regularization() -> Figure:
+        return plot_regularization_comparison(steps, trials, window=window)
+
     def kfold() -> Figure:
         return plot_kfold(run.folds)
 
@@ -185,6 +189,9 @@ def _sections(run: Run, *, window: int) -> list[_Section]:
         ("dropout", "Dropout compared", dropout,
          "Training loss by dropout p, and each trial's final validation accuracy against p "
          "(hollow: stopped early)."),
+        ("regularization", "Regularization compared", regularization,
+         f"Mean training loss ({w} rolling mean) per setting of the L1 penalty (`l1`), the L2 "
+         "penalty (the optimizer's weight decay) and dropout p."),
         ("batchnorm", "Batch norm compared", batchnorm,
          f"Training loss ({w} rolling mean) and train/validation accuracy per epoch, with and "
          "without batch norm."),

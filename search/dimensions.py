@@ -241,7 +241,7 @@ class Bounds:
         return f"{'<' if self.high_open else '<='} {self.high:g}"
 
 
-Reaches = Literal["model", "optimizer", "batches"]
+Reaches = Literal["model", "optimizer", "batches", "loss"]
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ class Dimension:
     kind: Kind
     help: str
     examples: tuple[Any, ...]  # two valid values, for docs and the table-driven tests
-    reaches: Reaches  # what the value changes: the model, the optimizer or the batches
+    reaches: Reaches  # what the value changes: the model, the optimizer, the batches or the loss
     default: Any = None  # the YAML form when the file leaves it out; None: the preset's value
     bounds: Bounds | None = None
     what: str = "values"  # for bound messages: "dropout p must be in [0, 1)"
@@ -319,6 +319,9 @@ _DIMENSIONS = (
               model_field="batchnorm", shapes_weights=True, console=True, report="batchnorm"),
     Dimension("batch_size", INT, "mini-batch size (default: train.batch_size)", (32, 64),
               "batches", bounds=Bounds(low=1), console=True, report="batch_size"),
+    Dimension("l1", FLOAT, "L1 penalty: l1 x the sum of |w| over the conv and linear weights "
+              "(not biases or batch norm) is added to the training loss; 0: off", (0.0, 1e-5),
+              "loss", bounds=Bounds(low=0), what="the l1 penalty", report="l1"),
     Dimension("mlp_layers", INT, "hidden layers of the classifier", (1, 2), "model",
               bounds=Bounds(0, 4), what="hidden layers", config_key="mlp", model_field="mlp",
               shapes_weights=True, widths="mlp_width", console=True, report="mlp"),

@@ -208,6 +208,10 @@ class Trainer:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(device=self.device, memory_format=memory_format)
         self.optimizer = make_optimizer(config, self.model.parameters())
+        # search.space.l1: the seed's L1 penalty on the weights (conv kernels, linear matrices;
+        # biases and batch norm's scales are 1-d and left out), added to the training loss.
+        self.l1 = float(config.get("l1") or 0.0)
+        self._penalised = [p for p in self.model.parameters() if p.ndim > 1] if self.l1 else []
         batch_size = int(config.get("batch_size") or settings.batch_size)
         common = dict(
             device=self.device,
@@ -251,6 +255,7 @@ class Trainer:
             "val_batches",
             "_acc",
             "_prec",
+            "_penalised",
         ):
             self.__dict__.pop(name, None)
 
@@ -281,6 +286,8 @@ class Trainer:
             with self._autocast():
                 logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y)
+            if self.l1:
+                loss = loss + self.l1 * l1_norm(self._penalised)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -301,6 +308,13 @@ class Trainer:
 
     def evaluate(self, batches) -> dict[str, Any]:
         return _evaluate(self.model, batches, self.num_classes, self._autocast)
+
+
+def l1_norm(params):
+    """The sum of |w| over `params`, as one tensor (differentiable)."""
+    import torch
+
+    return torch.stack([p.abs().sum() for p in params]).sum()
 
 
 def first_non_finite(values: list[float]) -> int | None:

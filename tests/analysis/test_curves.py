@@ -12,6 +12,8 @@ from analysis import (
     plot_dropout_comparison,
     plot_loss_curves,
     plot_optimizer_comparison,
+    plot_regularization_comparison,
+    regularization_labels,
     rolling_loss,
 )
 
@@ -202,3 +204,26 @@ def test_comparison_of_a_fixed_dimension(tables):
     fixed = tables["trials"].drop(columns=["optimizer"])
     with pytest.raises(MissingDataError, match="no 'optimizer' column"):
         plot_optimizer_comparison(tables["steps"], fixed)
+
+
+def test_regularization_comparison_draws_one_line_per_setting(tables):
+    trials = tables["trials"].copy()
+    trials["l1"] = [1e-5 if i % 2 else 0.0 for i in range(len(trials))]
+    trials["weight_decay"] = 0.0
+    labels = regularization_labels(trials)
+    for (l1, p), label in zip(
+        trials[["l1", "dropout"]].itertuples(index=False), labels, strict=True
+    ):
+        parts = ([f"L1 {l1:.3g}"] if l1 else []) + ([f"dropout {p:.3g}"] if p else [])
+        assert label == (", ".join(parts) or "none")
+    assert {"none", "L1 1e-05, dropout 0.25"} <= set(labels)
+    fig = plot_regularization_comparison(tables["steps"], trials, window=10)
+    curves = rolling_loss(tables["steps"], trials.assign(regularization=labels), window=10,
+                          by="regularization")  # fmt: skip
+    drawn = set(curves[curves.columns[0]])
+    assert len(fig.axes[0].get_lines()) == len(drawn) >= 3  # each with steps gets its line
+    with pytest.raises(MissingDataError, match="no l1 or weight_decay"):
+        plot_regularization_comparison(tables["steps"], tables["trials"])
+    same = trials.assign(l1=0.0, dropout=0.0)
+    with pytest.raises(MissingDataError, match="same penalties"):
+        plot_regularization_comparison(tables["steps"], same)

@@ -200,6 +200,8 @@ def test_takes_effect_where_the_table_says(dim, tiny_data, tiny_settings):
                 assert type(trainer.optimizer).__name__.lower() == value
             else:
                 assert trainer.optimizer.param_groups[0][dim.name] == value
+        elif dim.reaches == "loss":
+            assert trainer.l1 == value
         else:
             assert trainer.train_batches.batch_size == value
 

@@ -152,3 +152,55 @@ def test_a_trial_releases_its_memory_before_the_next_one_on_the_actor(
     assert emptied == ([1, 3] if first_raises else [2, 4])  # after each trial
     assert reports[-1]["data_placement"] == "device" and reports[-1]["device"] == "cpu"
     del kept
+
+
+def test_l1_adds_lambda_times_the_weights_abs_sum_to_the_step_loss(tiny_data, tiny_settings):
+    """search.space.l1: a step's loss is cross-entropy + l1 x sum |w| over the conv and linear
+    weights; biases and batch norm's parameters are not penalised."""
+    import copy
+
+    import numpy as np
+    import torch.nn.functional as F
+
+    from search.space import model_config
+    from search.trainable import Trainer
+
+    lam = 1e-3
+    config = {
+        "arch": "FlatAlexNet", "width": 0.125, "mlp": "16", "batchnorm": True,
+        "optimizer": "sgd", "lr": 0.05, "l1": lam,
+    }  # fmt: skip
+    cfg = model_config(config, image_size=16, num_classes=3)
+    data, settings = tiny_data(), tiny_settings()
+    trainer = Trainer(
+        cfg, config, data, settings, train_idx=np.arange(32), val_idx=np.arange(32, 48)
+    )
+    # by hand, before the first step: the same start weights and the same first batch
+    model = copy.deepcopy(trainer.model).train()
+    trainer.train_batches.set_epoch(0)
+    x, y = next(iter(trainer.train_batches))
+    names = dict(model.named_parameters())
+    weights = [p for n, p in names.items() if n.endswith("weight") and p.ndim > 1]
+    assert any(n.endswith("bias") for n in names)
+    assert any(p.ndim == 1 and n.endswith("weight") for n, p in names.items())  # batch norm
+    expected = F.cross_entropy(model(x).float(), y).item() + lam * sum(
+        p.detach().abs().sum().item() for p in weights
+    )
+    penalised = {id(p) for p in trainer._penalised}
+    kept_out = [
+        n for n, p in trainer.model.named_parameters() if p.ndim == 1 and id(p) in penalised
+    ]
+    assert not kept_out and len(penalised) == len(weights)
+    step_loss = trainer.train_epoch(0)["step_loss"][0]
+    assert step_loss == pytest.approx(expected, rel=1e-5)
+    without = Trainer(
+        cfg,
+        {**config, "l1": 0.0},
+        data,
+        settings,
+        train_idx=np.arange(32),
+        val_idx=np.arange(32, 48),
+    )
+    assert without.train_epoch(0)["step_loss"][0] == pytest.approx(
+        expected - lam * sum(p.detach().abs().sum().item() for p in weights), rel=1e-5
+    )
