@@ -22,7 +22,11 @@ class UsageError(Exception):
 def _cmd_models(args: argparse.Namespace) -> int:
     from models import format_models_table
 
-    print(format_models_table(image_size=args.image_size, num_classes=args.classes))
+    print(
+        format_models_table(
+            image_size=args.image_size, num_classes=args.classes, backbones=not args.presets_only
+        )
+    )
     return 0
 
 
@@ -144,6 +148,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_search(exp, args, report=True)
 
 
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from models import check_backbone_name, fetch_weights, is_backbone, weights_file
+
+    names = []
+    for name in args.names:
+        try:
+            names.append(check_backbone_name(name if is_backbone(name) else f"tv/{name}"))
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+    if args.action == "where":
+        for name in names:
+            path = weights_file(name)
+            print(f"tv/{name}: {path} ({'present' if path.is_file() else 'missing'})")
+        return 0
+    try:
+        paths = fetch_weights(names)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    for name, path in zip(names, paths, strict=True):
+        print(f"tv/{name}: {path}")
+    print(
+        "copy these files to the same path under TORCH_HOME (default ~/.cache/torch) on a "
+        "machine without internet"
+    )
+    return 0
+
+
 def _cmd_final(args: argparse.Namespace) -> int:
     from search.final import format_final, run_final
 
@@ -228,7 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    m = sub.add_parser("models", help="table of the model presets: size, cost, feasibility")
+    m = sub.add_parser(
+        "models", help="table of the presets and suggested backbones: size, cost, feasibility"
+    )
+    m.add_argument(
+        "--presets-only",
+        action="store_true",
+        help="leave out the torchvision backbones (their cost takes seconds: torch imports)",
+    )
     m.add_argument(
         "--image-size", type=int, default=None, help="input size in px (default: each preset's own)"
     )
@@ -320,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default=None, help="Ray cluster to join (default: start Ray locally)"
     )
     kf.set_defaults(func=_cmd_kfold)
+
+    we = sub.add_parser(
+        "weights",
+        help="pretrained backbone weights: fetch (download into torchvision's cache) or where",
+    )
+    we.add_argument("action", choices=("fetch", "where"))
+    we.add_argument("names", nargs="+", metavar="NAME", help="backbones, e.g. tv/resnet18")
+    we.set_defaults(func=_cmd_weights)
 
     fi = sub.add_parser(
         "final",

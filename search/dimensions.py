@@ -257,6 +257,9 @@ class Dimension:
     bounds: Bounds | None = None
     what: str = "values"  # for bound messages: "dropout p must be in [0, 1)"
     allowed: Callable[[], Sequence[str]] | None = None  # the names a STR dimension accepts
+    # Also accepted beyond `allowed`: True, or raises ValueError naming what to change (a
+    # torchvision backbone `tv/<name>`, a `stages:K` freeze); False: not of that form.
+    accept: Callable[[Any], bool] | None = None
     noun: str = "name"  # for unknown-name messages: "unknown preset(s)"
     config_key: str | None = None  # its key in a trial's config (default: name)
     model_field: str | None = None  # the ConvNetConfig field it overrides
@@ -267,6 +270,7 @@ class Dimension:
     per_optimizer: dict[str, Any] | None = field(default=None, hash=False)  # default per optimizer
     console: bool = False  # a column of the live progress table
     report: str | None = None  # the trials-table column the report shows for it
+    backbone_only: bool = False  # takes effect for torchvision backbones only (presets ignore it)
 
     @property
     def key(self) -> str:
@@ -286,23 +290,58 @@ class Dimension:
             raise ValueError(f"{self.what} must be {self.bounds.describe()}, got {values}")
         if self.allowed is not None:
             allowed = list(self.allowed())
-            bad = [v for v in values if v not in allowed]
+            bad = [v for v in values if v not in allowed and not self._accepts(v)]
             if bad:
                 raise ValueError(f"unknown {self.noun}(s) {bad}; allowed: {allowed}")
         return domain
 
+    def _accepts(self, value: Any) -> bool:
+        return self.accept is not None and self.accept(value)
+
 
 def _presets() -> list[str]:
-    from models import list_models
+    from models import list_backbones, list_models
 
-    return list_models()
+    return list_models() + list_backbones()
+
+
+def _backbone(value: Any) -> bool:
+    """Any torchvision classification model as `tv/<name>` (torchvision is imported only for
+    such a name)."""
+    from models import check_backbone_name, is_backbone
+
+    if not is_backbone(value):
+        return False
+    check_backbone_name(value)
+    return True
+
+
+def _stages(value: Any) -> bool:
+    kind, _, k = str(value).partition(":")
+    if kind != "stages":
+        return False
+    if not k.isdigit():
+        raise ValueError(f"freeze {value!r}: write stages:K with K >= 0, e.g. stages:2")
+    return True
 
 
 _DIMENSIONS = (
     # name, kind, help, examples, reaches, then the rest by keyword
-    Dimension("arch", STR, "preset name(s), see `hpsearch models`", ("FlatAlexNet", "AlexNet"),
-              "model", default="FlatAlexNet", allowed=_presets, noun="preset",
-              shapes_weights=True, feasibility=True, console=True, report="arch"),
+    Dimension("arch", STR, "preset or torchvision backbone (tv/<name>), see `hpsearch models`",
+              ("FlatAlexNet", "AlexNet"), "model", default="FlatAlexNet", allowed=_presets,
+              accept=_backbone, noun="preset", shapes_weights=True, feasibility=True,
+              console=True, report="arch"),
+    Dimension("pretrained", STR, "a backbone's start weights: none (random), imagenet "
+              "(torchvision's default weights) or a state-dict file", ("none", "imagenet"),
+              "model", backbone_only=True, console=True, report="pretrained"),
+    Dimension("freeze", STR, "what of a backbone stays fixed: none, backbone (all but the "
+              "head: a linear probe) or stages:K (the first K stages)", ("none", "backbone"),
+              "model", allowed=lambda: ("none", "backbone"), accept=_stages, noun="freeze",
+              backbone_only=True, console=True, report="freeze"),
+    Dimension("backbone_lr_scale", FLOAT, "a backbone's learning rate as a multiple of the "
+              "optimizer's lr (the head keeps lr)", (0.1, 1.0), "optimizer",
+              bounds=Bounds(low=0, low_open=True), what="backbone_lr_scale",
+              backbone_only=True, report="backbone_lr_scale"),
     Dimension("width", FLOAT, "multiplier of every conv layer's channels", (0.5, 1.0), "model",
               default=1.0, bounds=Bounds(low=0, low_open=True), what="width multipliers",
               shapes_weights=True, feasibility=True, console=True, report="width"),

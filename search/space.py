@@ -158,17 +158,36 @@ def fixed_architecture(space: SearchSpace) -> dict[str, Any]:
 
 
 def model_config(config: dict[str, Any], *, image_size: int, num_classes: int) -> ConvNetConfig:
-    """The ConvNetConfig a trial config describes. Raises InfeasibleArchitecture when the
-    feature map would vanish, ValueError for values the model rejects."""
-    from models import get_config
+    """The ConvNetConfig (a preset) or BackboneConfig (`tv/<name>`) a trial config describes.
+    Raises InfeasibleArchitecture when the feature map would vanish, ValueError for values the
+    model rejects. A backbone takes the head's dimensions (mlp, dropout, batchnorm for the
+    head) and its own (pretrained, freeze); the conv dimensions (width, strides, kernels)
+    shape presets only."""
+    from models import get_config, is_backbone
 
+    arch = config.get("arch", DIMENSIONS["arch"].default)
+    if is_backbone(arch):
+        from models.backbones import BackboneConfig, check_feasible
+
+        cfg = BackboneConfig(
+            name=arch,
+            num_classes=num_classes,
+            image_size=image_size,
+            mlp=tuple(DIMENSIONS["mlp_layers"].from_config(config.get("mlp") or "")),
+            dropout=float(config.get("dropout") or 0.0),
+            pretrained=config.get("pretrained") or None,
+            freeze=str(config.get("freeze") or "none"),
+            batchnorm=bool(config.get("batchnorm") or False),
+        )
+        check_feasible(cfg)
+        return cfg
     overrides: dict[str, Any] = {"image_size": image_size, "num_classes": num_classes}
     for dim in SPACE_DIMENSIONS:
         if dim.model_field and config.get(dim.key) is not None:
             overrides[dim.model_field] = dim.from_config(config[dim.key])
     # The two dimensions without a field of their own: the preset itself, and a multiplier
     # of the preset's (adapted) channels.
-    cfg = get_config(config.get("arch", DIMENSIONS["arch"].default), **overrides)
+    cfg = get_config(arch, **overrides)
     width = float(config.get("width", DIMENSIONS["width"].default))
     if width != 1.0:
         cfg = cfg.with_layers(channels=[max(1, round(c.out_channels * width)) for c in cfg.convs])

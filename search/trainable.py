@@ -94,6 +94,39 @@ def use_channels_last(precision: str, device: str) -> bool:
     return precision == "bf16" or not device.startswith("cuda")
 
 
+def build_model(cfg):
+    """The module of a model config: a preset's ConvNet or a torchvision backbone's net."""
+    from models import BackboneConfig, ConvNet, build_backbone
+
+    return build_backbone(cfg) if isinstance(cfg, BackboneConfig) else ConvNet(cfg)
+
+
+def model_cost(cfg) -> tuple[int, int]:
+    """(parameters, multiply-adds per image) of a model config, by arithmetic or on the meta
+    device (nothing allocated)."""
+    from models import BackboneConfig, backbones, count_macs, count_params
+
+    if isinstance(cfg, BackboneConfig):
+        return backbones.count_params(cfg), backbones.count_macs(cfg)
+    return count_params(cfg), count_macs(cfg)
+
+
+def trainable_params(model, config: dict[str, Any]):
+    """What the optimizer steps: every parameter of a preset; for a backbone the trainable
+    backbone parameters at lr x `backbone_lr_scale` and the head's at lr (two groups)."""
+    from models import BackboneConfig, param_groups
+
+    if not isinstance(getattr(model, "cfg", None), BackboneConfig):
+        return model.parameters()
+    backbone, head = param_groups(model)
+    scale = float(config.get("backbone_lr_scale") or 1.0)
+    lr = float(config.get("lr") or 0.01)
+    groups = [{"params": head, "lr": lr}]
+    if backbone:
+        groups.insert(0, {"params": backbone, "lr": lr * scale})
+    return groups
+
+
 def make_optimizer(config: dict[str, Any], params):
     import torch
 
@@ -184,7 +217,7 @@ class Trainer:
         from torchmetrics.classification import MulticlassAccuracy, MulticlassPrecision
 
         from data_pipeline import Batches
-        from models import ConvNet
+        from models import BackboneConfig, input_normalization
 
         torch.set_num_threads(max(1, int(settings.cpus)))
         self.device = "cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -201,22 +234,27 @@ class Trainer:
         self.seed = int(settings.seed)
         self.num_classes = data.num_classes
         torch.manual_seed(self.seed)
-        self.model = ConvNet(cfg)
+        self.model = build_model(cfg)
         if data.init_state is not None:
             self.model.load_state_dict(data.init_state)
         self.channels_last = use_channels_last(self.precision, self.device)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(device=self.device, memory_format=memory_format)
-        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.optimizer = make_optimizer(config, trainable_params(self.model, config))
         # search.space.l1: the seed's L1 penalty on the weights (conv kernels, linear matrices;
         # biases and batch norm's scales are 1-d and left out), added to the training loss.
         self.l1 = float(config.get("l1") or 0.0)
         self._penalised = [p for p in self.model.parameters() if p.ndim > 1] if self.l1 else []
         batch_size = int(config.get("batch_size") or settings.batch_size)
+        # Pretrained weights expect the inputs normalised as in their training (ImageNet's
+        # mean/std); presets and randomly initialised backbones use the data's own.
+        norm = input_normalization(cfg) if isinstance(cfg, BackboneConfig) else None
+        mean, std = norm if norm is not None else (data.mean, data.std)
+        self.normalization = (tuple(mean), tuple(std))
         common = dict(
             device=self.device,
-            mean=data.mean,
-            std=data.std,
+            mean=mean,
+            std=std,
             channels_last=self.channels_last,
             resident=self.data_placement == "device",
         )
@@ -376,16 +414,17 @@ def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSetting
     import torch
     from ray import tune
 
-    from models import count_macs, count_params
     from search.dimensions import encode_layers
 
     metric, mode = settings.metric, settings.mode
+    params, macs = model_cost(cfg)
+    convs = getattr(cfg, "convs", ())  # a backbone's layers are torchvision's own
     facts = {
-        "params": count_params(cfg),
-        "macs": count_macs(cfg),
-        "model_channels": encode_layers([c.out_channels for c in cfg.convs]),
-        "model_strides": encode_layers([c.stride for c in cfg.convs]),
-        "model_kernels": encode_layers([c.kernel for c in cfg.convs]),
+        "params": params,
+        "macs": macs,
+        "model_channels": encode_layers([c.out_channels for c in convs]),
+        "model_strides": encode_layers([c.stride for c in convs]),
+        "model_kernels": encode_layers([c.kernel for c in convs]),
         "model_mlp": encode_layers(cfg.mlp),
         "model_dropout": cfg.dropout,
         "model_batchnorm": cfg.batchnorm,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
+from search.errors import ExperimentError
 from search.session import check_storage
 from search.space import check_space
 
@@ -12,11 +14,44 @@ if TYPE_CHECKING:
 
 
 def check_experiment(exp: Experiment) -> list[str]:
-    """Raise ExperimentError for a storage or space that cannot run; return the reasons of the
-    architecture combinations that are infeasible (those trials end at once)."""
+    """Raise ExperimentError for a storage or space that cannot run, or for pretrained weights
+    that are not on this machine; return the reasons of the architecture combinations that are
+    infeasible (those trials end at once)."""
     check_storage(exp.storage)
+    check_weights(exp)
     # The class count only sizes the classifier: feasibility depends on the feature maps.
     return check_space(exp.search.space, image_size=exp.data.image_size, num_classes=2)
+
+
+def _values(domain) -> list:
+    return list(domain.values() or domain.ends()) if domain is not None else []
+
+
+def check_weights(exp: Experiment) -> None:
+    """Every backbone x pretrained weights the space can draw must load offline: raise
+    ExperimentError naming the file expected and the command that fetches it. Warns when the
+    weights were trained at a size far from the cache's."""
+    from models import BackboneConfig, is_backbone, missing_weights, size_warning
+
+    space = exp.search.space
+    backbones = [a for a in _values(space.arch) if is_backbone(a)]
+    if not backbones:
+        return
+    pretrained = [p for p in _values(space.pretrained) if p not in (None, "none")]
+    for arch in backbones:
+        for weights in pretrained:
+            cfg = BackboneConfig(
+                arch, num_classes=2, image_size=exp.data.image_size, pretrained=weights
+            )
+            try:
+                missing = missing_weights(cfg)
+            except ValueError as e:  # e.g. a model torchvision has no weights for
+                raise ExperimentError(f"search.space.pretrained: {e}") from None
+            if missing:
+                raise ExperimentError(f"search.space.pretrained: {missing}")
+            warning = size_warning(cfg)
+            if warning:
+                warnings.warn(warning, stacklevel=2)
 
 
 def format_validation(exp: Experiment, source: str, skipped: list[str]) -> str:

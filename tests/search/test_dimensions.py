@@ -173,6 +173,8 @@ def test_takes_effect_where_the_table_says(dim, tiny_data, tiny_settings):
 
     def config(v) -> dict:
         c = {"arch": "FlatAlexNet", "optimizer": "sgd", "mlp": "16"}
+        if dim.backbone_only:  # presets ignore it: a small torchvision backbone
+            c = {**c, "arch": "tv/mobilenet_v3_small", "lr": 0.01}
         if dim.width_of:
             return {**c, DIMENSIONS[dim.width_of].key: f"{v}-{v}"}
         if dim.widths:
@@ -198,6 +200,9 @@ def test_takes_effect_where_the_table_says(dim, tiny_data, tiny_settings):
         if dim.reaches == "optimizer":
             if dim is OPTIMIZER:
                 assert type(trainer.optimizer).__name__.lower() == value
+            elif dim.name == "backbone_lr_scale":
+                backbone, head = trainer.optimizer.param_groups
+                assert backbone["lr"] == pytest.approx(0.01 * value) and head["lr"] == 0.01
             else:
                 assert trainer.optimizer.param_groups[0][dim.name] == value
         elif dim.reaches == "loss":

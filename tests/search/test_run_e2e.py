@@ -253,3 +253,46 @@ def test_same_config_and_seed_reproduce_the_same_trial(
     a, b = (g.reset_index(drop=True) for _, g in epochs.groupby("trial_id"))
     metrics = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
     pd.testing.assert_frame_equal(a[metrics], b[metrics])
+
+
+def test_a_preset_and_a_torchvision_backbone_in_one_search(
+    ray_session, tmp_path, small_folder, cache_root, capsys
+):
+    """A torchvision backbone (random weights) next to a preset: both trials land in every
+    table and in the report, with their own cost."""
+    path = experiment(
+        tmp_path,
+        small_folder,
+        cache_root,
+        **{
+            "data.image_size": 32,
+            "search.algorithm": "grid",
+            "search.num_trials": 2,
+            "search.space": {
+                "arch": ["FlatAlexNet", "tv/mobilenet_v3_small"],
+                "width": 0.25,
+                "mlp_layers": 1,
+                "mlp_width": 32,
+                "freeze": "stages:1",
+                "backbone_lr_scale": 0.1,
+                "optimizer": {"sgd": {"lr": 0.05}},
+            },
+            "train.epochs": 1,
+        },
+    )
+    assert main(["run", str(path), "--name", "tv"]) == 0, capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "tv"
+    tables = {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in TABLE_COLUMNS}
+    trials = tables["trials"].set_index("arch")
+    assert set(trials.index) == {"FlatAlexNet", "tv/mobilenet_v3_small"}
+    assert set(trials["status"]) == {"completed"}, trials["error"]
+    ids = set(trials["trial_id"])
+    for name in ("epochs", "steps", "confusion"):
+        assert set(tables[name]["trial_id"]) == ids, name
+    tv = trials.loc["tv/mobilenet_v3_small"]
+    assert (
+        tv["params"] > 0 and tv["macs"] > 0 and tv["params"] != trials.loc["FlatAlexNet", "params"]
+    )
+    assert main(["report", str(run_dir)]) == 0
+    html = (run_dir / "report" / "index.html").read_text()
+    assert "tv/mobilenet_v3_small" in html and "FlatAlexNet" in html

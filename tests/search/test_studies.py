@@ -315,6 +315,19 @@ def test_every_experiment_runs_with_tiny_overrides(
         ]
     if name == "demo":
         extra = ["--set", "search.num_trials=1", "--set", "search.space.width=0.25"]
+    if name == "transfer":  # no weights offline: a small backbone from random weights
+        extra += [
+            "--set",
+            "search.space.arch=tv/mobilenet_v3_small",
+            "--set",
+            "search.space.pretrained=none",
+            "--set",
+            "data.image_size=32",
+            "--set",
+            "kfold.k=2",
+            "--set",
+            "kfold.top=1",
+        ]
     args = [
         "run",
         str(REPO / "experiments" / f"{name}.yaml"),
@@ -328,7 +341,7 @@ def test_every_experiment_runs_with_tiny_overrides(
     assert len(trials) == 1 and trials["status"].isin(["completed", "stopped"]).all(), trials[
         ["status", "error"]
     ]
-    if name in ("kfold", "full"):
+    if name in ("kfold", "full", "transfer"):
         assert (
             len(pd.read_parquet(tmp_path / name / "folds.parquet")) == 2 * 2
         )  # 1 config x 2 folds x train/test

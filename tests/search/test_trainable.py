@@ -204,3 +204,40 @@ def test_l1_adds_lambda_times_the_weights_abs_sum_to_the_step_loss(tiny_data, ti
     assert without.train_epoch(0)["step_loss"][0] == pytest.approx(
         expected - lam * sum(p.detach().abs().sum().item() for p in weights), rel=1e-5
     )
+
+
+def test_pretrained_backbones_take_imagenet_normalisation_and_their_weights(
+    tiny_data, tiny_settings, tmp_path, monkeypatch
+):
+    """`pretrained: imagenet` reads torchvision's cache file (written here: no download) and
+    normalises the inputs as the weights were trained; random init keeps the data's own."""
+    import numpy as np
+    import torchvision
+
+    from models import weights_file
+    from models.backbones import IMAGENET_MEAN, IMAGENET_STD
+    from search.space import model_config
+    from search.trainable import Trainer
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    state = torchvision.models.mobilenet_v3_small().state_dict()
+    first = next(k for k, v in state.items() if v.ndim == 4)
+    state[first] = torch.full_like(state[first], 0.125)
+    path = weights_file("mobilenet_v3_small")
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    data, settings = tiny_data(size=32), tiny_settings(image_size=32)
+    made = {}
+    for pretrained in ("imagenet", "none"):
+        config = {"arch": "tv/mobilenet_v3_small", "pretrained": pretrained, "mlp": "16",
+                  "optimizer": "sgd", "lr": 0.01}  # fmt: skip
+        cfg = model_config(config, image_size=32, num_classes=3)
+        made[pretrained] = Trainer(
+            cfg, config, data, settings, train_idx=np.arange(32), val_idx=np.arange(32, 48)
+        )
+    assert made["imagenet"].normalization == (IMAGENET_MEAN, IMAGENET_STD)
+    assert made["none"].normalization == (tuple(data.mean), tuple(data.std))
+    loaded = dict(made["imagenet"].model.backbone.state_dict())
+    assert torch.all(loaded[first] == 0.125)  # the cache file's weights, before any step
+    assert not torch.all(dict(made["none"].model.backbone.state_dict())[first] == 0.125)
+    assert made["imagenet"].model(next(iter(made["imagenet"].train_batches))[0]).shape[1] == 3
