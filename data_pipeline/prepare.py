@@ -9,11 +9,13 @@ nothing either.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +43,7 @@ from data_pipeline.split import (
     check_class_sizes,
     check_split_options,
 )
-from rundir import write_json, write_npy, write_parquet
+from rundir import check_component, write_json, write_npy, write_parquet
 
 META_FORMAT = 1
 
@@ -99,7 +101,13 @@ def _apply_decode(listing: pd.DataFrame, decoded: pd.DataFrame) -> pd.DataFrame:
 
 
 def _normalise_merge(merge: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
-    return {str(new): [str(o) for o in olds] for new, olds in (merge or {}).items()}
+    out = {str(new): [str(o) for o in olds] for new, olds in (merge or {}).items()}
+    for new in out:  # a class name becomes a folder name (materialize_split, reports)
+        try:
+            check_component(new, "merged class name")
+        except ValueError as e:
+            raise DatasetError(str(e)) from None
+    return out
 
 
 def prepare(
@@ -146,53 +154,57 @@ def prepare(
         Path(cache_root or default_cache_root()).expanduser()
         / f"{slug(Path(root).name)}-{image_size}px-{digest[:16]}"
     )
-    decoded, n_decoded = build_cache(
-        root, listing, cache_dir, image_size=image_size, workers=workers, progress=progress
-    )
-
-    manifest, classes = assign_labels(_apply_decode(listing, decoded), merge)
-    split_options = dict(
-        test_fraction=test_fraction, val_fraction=val_fraction, folds=folds, seed=seed
-    )
-    stored = _stored_split(cache_dir, manifest, digest, classes, merge, split_options)
-    if stored is not None:
-        manifest = stored
-    else:
-        manifest = assign_split(
-            manifest, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed
+    # One process at a time per cache folder: the decode happens once (a second process waits,
+    # then finds it built), and the split it writes is the one it reads back, whatever other
+    # settings another run of the same folder uses meanwhile.
+    with _cache_lock(cache_dir, progress=progress):
+        decoded, n_decoded = build_cache(
+            root, listing, cache_dir, image_size=image_size, workers=workers, progress=progress
         )
-        manifest = assign_folds(manifest, folds=folds, seed=seed)
-    in_cache = manifest[manifest["row"] >= 0].sort_values("row")
-    labels = in_cache["label"].to_numpy(dtype=np.int64)
-    train_rows = in_cache.loc[in_cache["split"] == TRAIN, "row"].to_numpy()
-    mean, std = mean_std(np.load(cache_dir / PIXEL_SUMS), train_rows, image_size)
 
-    skipped = manifest[manifest["status"] == SKIPPED]
-    meta = dict(
-        format=META_FORMAT,
-        source=root,
-        fingerprint=digest,
-        image_size=image_size,
-        classes=classes,
-        merge=merge,
-        split=split_options,
-        mean=list(mean),
-        std=list(std),
-        counts=dict(
-            files=len(manifest),
-            images=len(labels),
-            train=len(train_rows),
-            val=int((in_cache["split"] == VAL).sum()),
-            test=int((in_cache["split"] == TEST).sum()),
-            skipped=len(skipped),
-            per_class={
-                c: int(n) for c, n in in_cache["class_name"].value_counts().sort_index().items()
-            },
-        ),
-        skipped=skipped[["path", "reason", "detail"]].to_dict(orient="records"),
-    )
-    split_written = _write_split(cache_dir, meta, labels, manifest)
-    cache = load_cache(cache_dir)
+        manifest, classes = assign_labels(_apply_decode(listing, decoded), merge)
+        split_options = dict(
+            test_fraction=test_fraction, val_fraction=val_fraction, folds=folds, seed=seed
+        )
+        stored = _stored_split(cache_dir, manifest, digest, classes, merge, split_options)
+        if stored is not None:
+            manifest = stored
+        else:
+            manifest = assign_split(
+                manifest, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed
+            )
+            manifest = assign_folds(manifest, folds=folds, seed=seed)
+        in_cache = manifest[manifest["row"] >= 0].sort_values("row")
+        labels = in_cache["label"].to_numpy(dtype=np.int64)
+        train_rows = in_cache.loc[in_cache["split"] == TRAIN, "row"].to_numpy()
+        mean, std = mean_std(np.load(cache_dir / PIXEL_SUMS), train_rows, image_size)
+
+        skipped = manifest[manifest["status"] == SKIPPED]
+        meta = dict(
+            format=META_FORMAT,
+            source=root,
+            fingerprint=digest,
+            image_size=image_size,
+            classes=classes,
+            merge=merge,
+            split=split_options,
+            mean=list(mean),
+            std=list(std),
+            counts=dict(
+                files=len(manifest),
+                images=len(labels),
+                train=len(train_rows),
+                val=int((in_cache["split"] == VAL).sum()),
+                test=int((in_cache["split"] == TEST).sum()),
+                skipped=len(skipped),
+                per_class={
+                    c: int(n) for c, n in in_cache["class_name"].value_counts().sort_index().items()
+                },
+            ),
+            skipped=skipped[["path", "reason", "detail"]].to_dict(orient="records"),
+        )
+        split_written = _write_split(cache_dir, meta, labels, manifest)
+        cache = load_cache(cache_dir)
     summary = PrepareSummary(
         source=root,
         cache_path=cache_dir,
@@ -215,6 +227,29 @@ def prepare(
         seconds=time.perf_counter() - started,
     )
     return cache, summary
+
+
+@contextlib.contextmanager
+def _cache_lock(cache_dir: Path, *, progress: bool) -> Iterator[None]:
+    """An exclusive lock on `cache_dir` across processes (filelock); says so when it waits."""
+    from filelock import FileLock, Timeout
+
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(cache_dir.parent / f".{cache_dir.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if progress:
+            print(
+                f"waiting for another hpsearch process using the cache {cache_dir} ...",
+                file=sys.stderr,
+                flush=True,
+            )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _stored_split(

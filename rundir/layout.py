@@ -47,6 +47,41 @@ FINAL_CONFUSION_FILE = "final_confusion.parquet"
 FINAL_DIR = "final"  # the final model's weights: final/model-<evaluation>.pt
 
 
+# A run or study name: one path component of letters, digits, '_', '.', '-', starting with a
+# letter or digit (so never '.', '..', hidden, or a path).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+def check_name(value: str, what: str) -> str:
+    """`value` if it is a safe run name, else ValueError saying what to change."""
+    import re
+
+    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value) or len(value) > 200:
+        raise ValueError(
+            f"{what} {value!r} must be one folder name: letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit (no '/', '..' or leading dot), e.g. demo-2"
+        )
+    return value
+
+
+def check_component(value: str, what: str) -> str:
+    """`value` if it can be one file or folder name (a class name), else ValueError."""
+    bad = (
+        not isinstance(value, str)
+        or value in ("", ".", "..")
+        or value.startswith(".")
+        or "/" in value
+        or "\\" in value
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+    )
+    if bad:
+        raise ValueError(
+            f"{what} {value!r} must be usable as one folder name: no '/' or '\\', not '.' or "
+            "'..', no leading dot and no control characters"
+        )
+    return value
+
+
 def table_file(table: str) -> str:
     """The file of one of TABLES."""
     return f"{table}.parquet"

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from rundir import EXPERIMENT_FILE, METRICS, metric_mode
+from rundir import EXPERIMENT_FILE, METRICS, NAME_PATTERN, metric_mode
 from search.dimensions import OPTIMIZER, OPTIMIZER_PARAMS, OPTIMIZERS, SPACE_DIMENSIONS, Dimension
 from search.errors import ExperimentError
 from search.space import grid_points, varying_architecture_dims
@@ -207,7 +207,7 @@ class FailureSection(_Strict):
 
 
 class Experiment(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=200)
     data: DataSection = Field(default_factory=DataSection)
     search: SearchSection = Field(default_factory=SearchSection)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rundir import EXPERIMENT_FILE, TUNER_FILE, VERSIONS_FILE, write_text
+from rundir import EXPERIMENT_FILE, TUNER_FILE, VERSIONS_FILE, check_name, write_text
 from search.errors import ExperimentError
 from search.export import export_run, library_versions
 from search.inputs import TrialData, TrialSettings, for_cluster, load_data, with_init_state
@@ -32,6 +32,11 @@ def prepare_run(
 ) -> tuple[Path, TrialData]:
     """Everything `run` checks and builds before Ray starts. Raises ExperimentError."""
     check_experiment(exp)
+    if name is not None:
+        try:
+            check_name(name, "--name")
+        except ValueError as e:
+            raise ExperimentError(str(e)) from None
     run_dir = Path(exp.storage) / (name or default_run_name(exp))
     if run_dir.exists():
         raise ExperimentError(

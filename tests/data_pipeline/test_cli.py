@@ -134,3 +134,9 @@ def test_prepared_cache_reuses_its_split_without_scikit_learn(src: Path, tmp_pat
         src, image_size=16, cache_root=cache_root, test_fraction=0.35, val_fraction=0.25
     )
     assert summary.split_written and (again.split == "test").sum() > (first.split == "test").sum()
+
+
+def test_a_merged_class_name_must_be_a_folder_name(src: Path, tmp_path: Path, capsys) -> None:
+    """A merged class becomes a folder of materialize_split's layout: no paths."""
+    assert _prepare(src, tmp_path / "cache", "--merge", "../evil=Celebrities") == 2
+    assert "merged class name '../evil'" in capsys.readouterr().err

@@ -89,3 +89,21 @@ def test_coerce_types_numbers_and_leaves_text_alone():
     assert str(out["params"].dtype) == "float64" and str(out["epochs"].dtype) == "int64"
     assert out["start_timestamp"].tolist() == [1.0, 2.5]
     assert df["best_val_accuracy"].dtype == object  # the input is not changed
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", ".hidden", "", "..", "x\x01", "a\\b", "x" * 201])
+def test_run_names_are_one_safe_folder_name(bad):
+    with pytest.raises(ValueError, match="one folder name"):
+        rundir.check_name(bad, "--name")
+
+
+def test_good_run_names_pass():
+    for good in ("demo", "demo-2", "a.b_c", "Run7"):
+        assert rundir.check_name(good, "--name") == good
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", ".hidden", "", ".", "x\n"])
+def test_class_names_must_be_one_file_name(bad):
+    with pytest.raises(ValueError, match="one folder name"):
+        rundir.check_component(bad, "merged class name")
+    assert rundir.check_component("People and Celebrities", "class") == "People and Celebrities"

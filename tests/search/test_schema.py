@@ -253,3 +253,17 @@ def test_brackets_make_asha_asynchronous_hyperband(tmp_path):
     assert len(asha._brackets) == 3
     doc["scheduler"] = {"type": "asha"}
     assert len(scheduler(load_experiment(write(tmp_path, doc)))._brackets) == 1
+
+
+@pytest.mark.parametrize("name", ["../outside", "a/b", ".hidden"])
+def test_run_names_stay_inside_storage(tmp_path, name, capsys):
+    """`hpsearch run --name ../x` wrote outside --storage; now it exits 2 naming --name."""
+    storage = tmp_path / "runs"
+    code = main(["run", str(write(tmp_path, base())), "--name", name, "--storage", str(storage)])
+    assert code == 2
+    assert "--name" in capsys.readouterr().err
+    assert not (tmp_path / "outside").exists() and not storage.exists()
+    doc = base()
+    doc["name"] = name
+    with pytest.raises(ExperimentError, match="name"):
+        load_experiment(write(tmp_path, doc))
