@@ -305,6 +305,7 @@ def load_run_experiment(run_dir: str | Path) -> Experiment:
         raise ExperimentError(
             f"{run_dir} is not a run directory of hpsearch (no {EXPERIMENT_FILE})"
         )
+    check_trusted(Path(run_dir))
     raw = yaml.safe_load(path.read_text()) or {}
     data = raw.get("data") if isinstance(raw, dict) else None
     if not isinstance(data, dict) or "val_fraction" not in data:
@@ -314,3 +315,27 @@ def load_run_experiment(run_dir: str | Path) -> Experiment:
             f"test. Start a new run from its experiment: hpsearch run {path} --name NEW_NAME"
         )
     return load_experiment(path)
+
+
+def check_trusted(run_dir: Path) -> None:
+    """Refuse a run directory that another user owns or others may write to: `resume` and
+    `kfold` unpickle Ray Tune's state from it (tuner.pkl, the searcher), which runs code, so
+    a run directory must be trusted like code. Checked: the folder and its pickles."""
+    import os
+    import stat
+
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    paths = [run_dir, *sorted(run_dir.glob("*.pkl")), *sorted(run_dir.glob("kfold/*.pkl"))]
+    for path in paths:
+        st = path.stat()
+        if uid is not None and st.st_uid != uid:
+            raise ExperimentError(
+                f"{path} belongs to another user (uid {st.st_uid}); resume, kfold and final "
+                "load pickled state from a run directory, which runs code. Copy the run "
+                "directory (cp -r) after checking where it comes from, and use the copy"
+            )
+        if st.st_mode & stat.S_IWOTH:  # (group-writable is left alone: user private groups)
+            raise ExperimentError(
+                f"{path} is writable by every user (mode {stat.filemode(st.st_mode)}); its "
+                f"pickled state could have been replaced. If you trust it: chmod o-w {path}"
+            )

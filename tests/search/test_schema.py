@@ -267,3 +267,25 @@ def test_run_names_stay_inside_storage(tmp_path, name, capsys):
     doc["name"] = name
     with pytest.raises(ExperimentError, match="name"):
         load_experiment(write(tmp_path, doc))
+
+
+def test_run_directories_of_others_are_refused(tmp_path, capsys):
+    """resume / kfold / final unpickle Tune's state from a run directory: one that every user
+    may write to, or that another user owns, is refused (it must be trusted like code)."""
+    import os
+
+    run = tmp_path / "run"
+    run.mkdir()
+    doc = base()
+    doc["data"] = {"val_fraction": 0.1}
+    (run / "experiment.yaml").write_text(yaml.safe_dump(doc))
+    (run / "tuner.pkl").write_bytes(b"")
+    (run / "tuner.pkl").chmod(0o666)
+    for verb in ("resume", "kfold", "final"):
+        assert main([verb, str(run)]) == 2
+        assert "writable by every user" in capsys.readouterr().err, verb
+    (run / "tuner.pkl").chmod(0o644)
+    if os.getuid() == 0:  # as root (CI), hand the folder to another user
+        os.chown(run, 65534, 65534)
+        assert main(["resume", str(run)]) == 2
+        assert "belongs to another user" in capsys.readouterr().err
