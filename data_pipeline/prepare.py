@@ -33,6 +33,7 @@ from data_pipeline.cache import (
     load_cache,
     mean_std,
 )
+from data_pipeline.housekeeping import build_lock_path, mark_in_use
 from data_pipeline.scan import OK, SKIPPED, DatasetError, assign_labels, fingerprint, scan, slug
 from data_pipeline.split import (
     TEST,
@@ -205,6 +206,7 @@ def prepare(
         )
         split_written = _write_split(cache_dir, meta, labels, manifest)
         cache = load_cache(cache_dir)
+        mark_in_use(cache_dir)  # until this process exits: `hpsearch cache clean` keeps it
     summary = PrepareSummary(
         source=root,
         cache_path=cache_dir,
@@ -235,7 +237,7 @@ def _cache_lock(cache_dir: Path, *, progress: bool) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(cache_dir.parent / f".{cache_dir.name}.lock"))
+    lock = FileLock(str(build_lock_path(cache_dir)))
     try:
         lock.acquire(timeout=0)
     except Timeout:

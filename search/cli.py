@@ -148,6 +148,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_search(exp, args, report=True)
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from data_pipeline import default_cache_root
+    from data_pipeline.housekeeping import clean_caches, format_caches, list_caches
+
+    root = Path(args.cache).expanduser() if args.cache else default_cache_root()
+    if args.action == "list":
+        caches = list_caches(root)
+        print(f"caches in {root}:")
+        print(format_caches(caches))
+        total = sum(c.bytes for c in caches)
+        print(f"{len(caches)} cache(s), {total / 1e9:.2f} GB on disk")
+        return 0
+    if args.older_than is None and not args.all:
+        raise UsageError("cache clean: say which caches to remove: --older-than DAYS or --all")
+    freed = 0
+    for cache, done in clean_caches(root, older_than_days=args.older_than, everything=args.all):
+        print(f"{cache.path.name}: {done}")
+        freed += cache.bytes if done == "removed" else 0
+    print(f"freed {freed / 1e9:.2f} GB")
+    return 0
+
+
 def _cmd_weights(args: argparse.Namespace) -> int:
     from models import check_backbone_name, fetch_weights, is_backbone, weights_file
 
@@ -358,6 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default=None, help="Ray cluster to join (default: start Ray locally)"
     )
     kf.set_defaults(func=_cmd_kfold)
+
+    ca = sub.add_parser(
+        "cache", help="decoded caches: list them, or clean the old ones (never one in use)"
+    )
+    ca.add_argument("action", choices=("list", "clean"))
+    ca.add_argument(
+        "--cache", default=None, help="cache root (default: $HPSEARCH_CACHE or ~/.cache/hpsearch)"
+    )
+    ca.add_argument(
+        "--older-than", type=float, default=None, metavar="DAYS", help="clean: unused this long"
+    )
+    ca.add_argument("--all", action="store_true", help="clean: every cache not in use")
+    ca.set_defaults(func=_cmd_cache)
 
     we = sub.add_parser(
         "weights",

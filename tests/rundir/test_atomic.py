@@ -121,3 +121,49 @@ def test_importing_rundir_touches_no_disk_and_no_heavy_modules(tmp_path: Path):
     )
     assert out.stdout.strip() == "[]"
     assert list(tmp_path.iterdir()) == []
+
+
+KILLED_WRITER = """
+import sys, time
+import pandas as pd
+from rundir import write_parquet
+
+real = pd.DataFrame.to_parquet
+
+def slow(self, f, **kw):  # half a table, then the process is killed mid-write
+    f.write(b"PAR1" + b"x" * 4096)
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+
+pd.DataFrame.to_parquet = slow
+write_parquet(pd.DataFrame({"trial_id": ["new"], "v": [2.0]}), sys.argv[1])
+"""
+
+
+def test_a_process_killed_while_writing_a_table_leaves_the_old_one(tmp_path: Path):
+    """SIGKILL in the middle of writing trials.parquet (no Python cleanup can run): the table
+    before it is still there, whole and readable."""
+    import signal
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    path = tmp_path / "trials.parquet"
+    old = pd.DataFrame({"trial_id": ["old"], "v": [1.0]})
+    write_parquet(old, path)
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    pd.testing.assert_frame_equal(pd.read_parquet(path), old)
+    # what the killed writer left is a hidden temporary file beside it, never the table
+    leftovers = [
+        p.name for p in tmp_path.iterdir() if p.name not in ("trials.parquet", "writer.py")
+    ]
+    assert all(name.startswith(".") for name in leftovers), leftovers
