@@ -26,6 +26,7 @@ written once, with no second pass over them unless some file could not be decode
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import multiprocessing
@@ -320,6 +321,44 @@ def build_cache(
         raise DatasetError(f"workers = {workers}: use at least 1 (default: all cores)")
     files = manifest.loc[manifest["status"] == OK, "path"].sort_values().tolist()
     cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _build(root, files, cache_dir, image_size, workers, progress, shard_size)
+    except OSError as e:
+        if e.errno not in OUT_OF_SPACE:
+            raise
+        need = len(files) * 3 * image_size * image_size
+        free = shutil.disk_usage(cache_dir).free
+        raise DatasetError(
+            f"writing the cache {cache_dir} failed: {e.strerror} ({e.filename or cache_dir}). "
+            f"It needs about {_gb(need)} for {len(files)} images at {image_size} px; "
+            f"{_gb(free)} are free there. Free space, or build it on a larger disk with "
+            "--cache DIR (data.cache in an experiment). The cache is not complete and no run "
+            "will use it; the next prepare goes on from the rows already written"
+        ) from None
+
+
+OUT_OF_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _check_space(cache_dir: Path, rows: int, image_size: int) -> None:
+    """Refuse before decoding when the disk cannot hold the images still to write (a full disk
+    under the workers' writes would fail them midway)."""
+    need = rows * 3 * image_size * image_size
+    free = shutil.disk_usage(cache_dir).free
+    if need > free:
+        raise DatasetError(
+            f"the cache {cache_dir} needs about {_gb(need)} more for {rows} images at "
+            f"{image_size} px, but only {_gb(free)} are free there: free space, or build it "
+            "on a larger disk with --cache DIR (data.cache in an experiment)"
+        )
+
+
+def _build(root, files, cache_dir: Path, image_size, workers, progress, shard_size):
+    done_file = cache_dir / DECODED
     if not files:
         write_npy(cache_dir / IMAGES, np.zeros((0, 3, image_size, image_size), dtype=np.uint8))
         ok, sums, errors = np.zeros(0, dtype=bool), np.zeros((0, 2, 3)), []
@@ -327,6 +366,7 @@ def build_cache(
     else:
         build = _Build(cache_dir / BUILDING, len(files), image_size)
         try:
+            _check_space(cache_dir, int((~build.done).sum()), image_size)
             jobs = _jobs(
                 build.done, files, Path(root), shard_size or SHARD_SIZE, image_size, build.path
             )

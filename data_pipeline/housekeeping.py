@@ -26,7 +26,7 @@ _held: dict[str, int] = {}  # cache folder -> the open descriptor of its lock (p
 
 def build_lock_path(cache_dir: Path) -> Path:
     """The file `prepare` locks (filelock) while it builds or re-splits `cache_dir`."""
-    return Path(cache_dir).parent / f".{Path(cache_dir).name}.lock"
+    return Path(cache_dir) / ".prepare.lock"
 
 
 def mark_in_use(cache_dir: Path) -> None:
@@ -135,7 +135,6 @@ def clean_caches(
             shutil.rmtree(cache.path)
         finally:
             lock.release()
-        build_lock_path(cache.path).unlink(missing_ok=True)
         yield cache, "removed"
 
 

@@ -236,7 +236,7 @@ def _cache_lock(cache_dir: Path, *, progress: bool) -> Iterator[None]:
     """An exclusive lock on `cache_dir` across processes (filelock); says so when it waits."""
     from filelock import FileLock, Timeout
 
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(build_lock_path(cache_dir)))
     try:
         lock.acquire(timeout=0)

@@ -455,6 +455,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hpsearch {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        print(
+            f"hpsearch {args.verb}: error: {e.strerror} while writing {e.filename or 'a file'}: "
+            "free space there (or write elsewhere: --storage DIR, --cache DIR). Files are "
+            "replaced atomically, so the ones written before are intact",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -140,3 +140,47 @@ def test_a_merged_class_name_must_be_a_folder_name(src: Path, tmp_path: Path, ca
     """A merged class becomes a folder of materialize_split's layout: no paths."""
     assert _prepare(src, tmp_path / "cache", "--merge", "../evil=Celebrities") == 2
     assert "merged class name '../evil'" in capsys.readouterr().err
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, resource.RLIM_INFINITY))
+from search.cli import main
+sys.exit(main(["prepare", sys.argv[1], "--image-size", "64", "--cache", sys.argv[2],
+               "--workers", "1", "--test-fraction", "0.25", "--val-fraction", "0.25"]))
+"""
+
+
+def test_a_cache_that_does_not_fit_stops_naming_the_path_and_size(src: Path, tmp_path: Path):
+    """A write error while building (here the file size limit, as a full disk would) exits 2
+    with the path and the size needed, and leaves no cache a later run would take as built."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "full.py"
+    script.write_text(FULL_DISK)
+    cache = tmp_path / "cache"
+    out = subprocess.run(
+        [sys.executable, str(script), str(src), str(cache)], capture_output=True, text=True
+    )
+    assert out.returncode == 2, out.stderr
+    assert "writing the cache" in out.stderr and "needs about" in out.stderr, out.stderr
+    assert str(cache) in out.stderr and "--cache DIR" in out.stderr
+    assert not list(cache.rglob("meta.json")) and not list(cache.rglob("decoded.parquet"))
+
+
+def test_a_build_that_cannot_fit_is_refused_before_decoding(
+    src: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from collections import namedtuple
+
+    from data_pipeline import cache as cache_mod
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9, 1000))
+    assert (
+        _prepare(src, tmp_path / "cache", "--test-fraction", "0.25", "--val-fraction", "0.25") == 2
+    )
+    err = capsys.readouterr().err
+    assert "needs about" in err and "only 0.0 MB are free" in err and "--cache DIR" in err
