@@ -324,9 +324,7 @@ def test_every_experiment_runs_with_tiny_overrides(
             "--set",
             "data.image_size=32",
             "--set",
-            "kfold.k=2",
-            "--set",
-            "kfold.top=1",
+            "kfold=null",  # k-fold after a search is tested with kfold.yaml and full.yaml
         ]
     args = [
         "run",
@@ -341,7 +339,7 @@ def test_every_experiment_runs_with_tiny_overrides(
     assert len(trials) == 1 and trials["status"].isin(["completed", "stopped"]).all(), trials[
         ["status", "error"]
     ]
-    if name in ("kfold", "full", "transfer"):
+    if name in ("kfold", "full"):
         assert (
             len(pd.read_parquet(tmp_path / name / "folds.parquet")) == 2 * 2
         )  # 1 config x 2 folds x train/test
