@@ -29,6 +29,7 @@ from rundir import (
     table_file,
     write_parquet,
 )
+from search.errors import ExperimentError
 
 _RESERVED = {"step_loss", "confusion", "config", "reason", "status"}
 
@@ -48,6 +49,16 @@ def tune_statuses(run_dir: Path) -> dict[str, dict[str, Any]]:
         return out
     except (ValueError, KeyError, TypeError):
         return {}  # an unknown state format: statuses then come from the results alone
+
+
+def trial_config(run_dir: Path, trial_id: str) -> dict[str, Any]:
+    """The config a search trial ran with (its params.json); ExperimentError for an unknown
+    trial, naming the ones the run has."""
+    path = Path(run_dir) / f"{TRIAL_PREFIX}{trial_id}" / PARAMS_FILE
+    if not path.is_file():
+        known = sorted(p.name[len(TRIAL_PREFIX) :] for p in Path(run_dir).glob(f"{TRIAL_PREFIX}*"))
+        raise ExperimentError(f"--trial {trial_id}: no such trial in {run_dir}; it has {known}")
+    return json.loads(path.read_text())
 
 
 def read_results(trial_dir: Path) -> list[dict[str, Any]]:

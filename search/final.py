@@ -33,14 +33,13 @@ from rundir import (
     FOLDS_FILE,
     KFOLD_DIR,
     KFOLD_SPEC,
-    PARAMS_FILE,
     TABLE_COLUMNS,
-    TRIAL_PREFIX,
     atomic_write,
     coerce,
     write_parquet,
 )
 from search.errors import ExperimentError
+from search.export import trial_config
 from search.inputs import TrialSettings, load_final_data
 from search.schema import Experiment, load_run_experiment
 from search.space import config_label, model_config
@@ -64,14 +63,6 @@ class FinalResult:
         from analysis.stats import reuse_warning
 
         return reuse_warning(self.evaluation)
-
-
-def trial_config(run_dir: Path, trial_id: str) -> dict[str, Any]:
-    path = run_dir / f"{TRIAL_PREFIX}{trial_id}" / PARAMS_FILE
-    if not path.is_file():
-        known = sorted(p.name[len(TRIAL_PREFIX) :] for p in run_dir.glob(f"{TRIAL_PREFIX}*"))
-        raise ExperimentError(f"--trial {trial_id}: no such trial in {run_dir}; it has {known}")
-    return json.loads(path.read_text())
 
 
 def choose_trial(run_dir: Path, trial_id: str | None) -> tuple[str, str]:

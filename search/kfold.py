@@ -32,7 +32,7 @@ from rundir import (
     write_parquet,
 )
 from search.errors import ExperimentError
-from search.export import read_results, tune_statuses
+from search.export import read_results, trial_config, tune_statuses
 from search.inputs import TrialData, TrialSettings, fold_init_files, for_cluster, load_data
 from search.schema import Experiment, load_run_experiment
 from search.session import ray_session
@@ -63,7 +63,7 @@ def select_configs(
         ranked = rank_trials(finished, exp.search.metric, exp.search.mode)
         chosen, seen = [], set()
         for trial_id in ranked["trial_id"]:
-            key = json.dumps(_config(run_dir, trial_id), sort_keys=True)
+            key = json.dumps(trial_config(run_dir, trial_id), sort_keys=True)
             if key not in seen:
                 seen.add(key)
                 chosen.append(trial_id)
@@ -73,11 +73,7 @@ def select_configs(
             raise ExperimentError(
                 f"{run_dir}: no trial finished an epoch, so there is nothing to re-train"
             )
-    return {trial_id: _config(run_dir, trial_id) for trial_id in chosen}
-
-
-def _config(run_dir: Path, trial_id: str) -> dict[str, Any]:
-    return json.loads((run_dir / f"{TRIAL_PREFIX}{trial_id}" / PARAMS_FILE).read_text())
+    return {trial_id: trial_config(run_dir, trial_id) for trial_id in chosen}
 
 
 def collect_folds(
