@@ -49,17 +49,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import numbers
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from models.config import _as_bool, _as_int
+from models.config import _as_bool, _as_dropout, _as_int, _as_widths
 from models.shapes import InfeasibleArchitecture
 
 if TYPE_CHECKING:
@@ -179,16 +178,8 @@ class BackboneConfig:
             object.__setattr__(self, "name", self.name[len(BACKBONE_PREFIX) :])
         object.__setattr__(self, "num_classes", _as_int(self.num_classes, "num_classes", 2))
         object.__setattr__(self, "image_size", _as_int(self.image_size, "image_size", 1))
-        mlp = self.mlp
-        if isinstance(mlp, (str, bytes, Mapping)) or not isinstance(mlp, Sequence):
-            raise ValueError(f"mlp must be a list of hidden widths, got {mlp!r}")
-        object.__setattr__(
-            self, "mlp", tuple(_as_int(w, f"mlp[{i}]", 1) for i, w in enumerate(mlp))
-        )
-        p = self.dropout
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {p!r}")
-        object.__setattr__(self, "dropout", float(p))
+        object.__setattr__(self, "mlp", _as_widths(self.mlp))
+        object.__setattr__(self, "dropout", _as_dropout(self.dropout))
         pretrained = self.pretrained
         if isinstance(pretrained, os.PathLike):
             pretrained = os.fspath(pretrained)

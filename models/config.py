@@ -38,6 +38,19 @@ def _as_bool(value: Any, field: str) -> bool:
     raise ValueError(f"{field} must be true or false, got {value!r}")
 
 
+def _as_widths(mlp: Any) -> tuple[int, ...]:
+    """The MLP head's hidden widths, as every config (preset or backbone) takes them."""
+    if isinstance(mlp, (str, bytes, Mapping)) or not isinstance(mlp, Sequence):
+        raise ValueError(f"mlp must be a list of hidden widths, got {mlp!r}")
+    return tuple(_as_int(w, f"mlp[{i}]", 1) for i, w in enumerate(mlp))
+
+
+def _as_dropout(p: Any) -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p!r}")
+    return float(p)
+
+
 @dataclass(frozen=True)
 class ConvSpec:
     """One conv stage: Conv2d, then [BatchNorm2d], ReLU and an optional max-pool."""
@@ -118,17 +131,8 @@ class ConvNetConfig:
             self, "convs", tuple(_conv_from_mapping(c, f"convs[{i}]") for i, c in enumerate(convs))
         )
 
-        mlp = self.mlp
-        if isinstance(mlp, (str, bytes, Mapping)) or not isinstance(mlp, Sequence):
-            raise ValueError(f"mlp must be a list of hidden widths, got {mlp!r}")
-        object.__setattr__(
-            self, "mlp", tuple(_as_int(w, f"mlp[{i}]", 1) for i, w in enumerate(mlp))
-        )
-
-        p = self.dropout
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {p!r}")
-        object.__setattr__(self, "dropout", float(p))
+        object.__setattr__(self, "mlp", _as_widths(self.mlp))
+        object.__setattr__(self, "dropout", _as_dropout(self.dropout))
         object.__setattr__(self, "batchnorm", _as_bool(self.batchnorm, "batchnorm"))
         object.__setattr__(self, "num_classes", _as_int(self.num_classes, "num_classes", 2))
         object.__setattr__(self, "image_size", _as_int(self.image_size, "image_size", 1))
