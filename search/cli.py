@@ -86,6 +86,22 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_answer(run_dir) -> bool:
+    """Print "Which CNN to train" when the run has k-fold estimates; whether it did."""
+    from pathlib import Path
+
+    from rundir import FOLDS_FILE
+
+    if not Path(run_dir, FOLDS_FILE).exists():
+        return False
+    from analysis.stats import format_recommendation, recommend_run
+
+    answer = recommend_run(run_dir)
+    print()
+    print(format_recommendation(answer.recommendation, answer.comparison, final=answer.final))
+    return True
+
+
 def _finish(run_dir, tables, interrupted: bool, exp) -> int:
     from search.export import format_best
 
@@ -95,16 +111,7 @@ def _finish(run_dir, tables, interrupted: bool, exp) -> int:
     if interrupted:
         print(f"the search did not finish; continue it with: hpsearch resume {run_dir}")
         return 130
-    from pathlib import Path
-
-    from rundir import FOLDS_FILE
-
-    if Path(run_dir, FOLDS_FILE).exists():
-        from analysis.stats import format_recommendation, recommend_run
-
-        answer = recommend_run(run_dir)
-        print()
-        print(format_recommendation(answer.recommendation, answer.comparison, final=answer.final))
+    if _print_answer(run_dir):
         print(f"\nnext: hpsearch final {run_dir}  (train it, evaluate it once on the test part)")
     else:
         print(
@@ -204,22 +211,12 @@ def _cmd_final(args: argparse.Namespace) -> int:
 
     result = run_final(args.run_dir, trial_id=args.trial, epochs=args.epochs)
     print(format_final(result))
-    from pathlib import Path
-
-    from rundir import FOLDS_FILE
-
-    if Path(args.run_dir, FOLDS_FILE).exists():
-        from analysis.stats import format_recommendation, recommend_run
-
-        answer = recommend_run(args.run_dir)
-        print()
-        print(format_recommendation(answer.recommendation, answer.comparison, final=answer.final))
+    _print_answer(args.run_dir)
     return 0
 
 
 def _cmd_kfold(args: argparse.Namespace) -> int:
     from analysis.kfold import format_kfold_summary, kfold_summary
-    from analysis.stats import format_recommendation, recommend_run
     from search.kfold import run_kfold
 
     folds, interrupted = run_kfold(
@@ -233,9 +230,7 @@ def _cmd_kfold(args: argparse.Namespace) -> int:
     print(f"\nfolds: {len(folds)} rows in {args.run_dir}/folds.parquet")
     if len(folds):
         print(format_kfold_summary(kfold_summary(folds)))
-        answer = recommend_run(args.run_dir)
-        print()
-        print(format_recommendation(answer.recommendation, answer.comparison, final=answer.final))
+        _print_answer(args.run_dir)
     if interrupted:
         print("the k-fold run did not finish; run the same command again to continue it")
         return 130
