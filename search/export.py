@@ -29,6 +29,7 @@ from rundir import (
     table_file,
     write_parquet,
 )
+from search.checkpoints import REPLAYED
 from search.errors import ExperimentError
 
 _RESERVED = {"step_loss", "confusion", "config", "reason", "status"}
@@ -64,7 +65,9 @@ def trial_config(run_dir: Path, trial_id: str) -> dict[str, Any]:
 def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     """The trial's reports in order. A trial that was restored from an older checkpoint, or
     restarted from scratch, reports some epochs again: the later report of an epoch replaces
-    the earlier one and everything after it."""
+    the earlier one and everything after it. A report a restarted trial replayed from its
+    checkpoint stands in only for an epoch that is missing (the crash came between the
+    checkpoint and the report's line)."""
     path = Path(trial_dir) / RESULT_FILE
     if not path.exists():
         return []
@@ -78,6 +81,8 @@ def read_results(trial_dir: Path) -> list[dict[str, Any]]:
         except ValueError:
             break  # a line cut by a crash: keep what came before
         epoch = row.get("epoch")
+        if row.pop(REPLAYED, False) and any(r.get("epoch") == epoch for r in rows):
+            continue
         if epoch is not None:
             rows = [r for r in rows if r.get("epoch") is None or r["epoch"] < epoch]
         rows.append(row)

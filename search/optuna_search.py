@@ -16,6 +16,8 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from search.checkpoints import REPLAYED
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,8 +45,13 @@ class ResumableOptunaSearch(OptunaSearch):
         return False
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        # Intermediate values by epoch, not by Tune's report count: a restarted trial reports
+        # its checkpoint's epoch again (search.checkpoints), which Optuna then ignores.
+        if result.get(REPLAYED):
+            return  # told to Optuna when it was first reported
         if self._known(trial_id):
-            super().on_trial_result(trial_id, result)
+            step = result.get("epoch", result.get("training_iteration"))
+            super().on_trial_result(trial_id, {**result, "training_iteration": step})
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import gc
 import math
-import os
-import tempfile
 import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
+from search.checkpoints import report_with_checkpoint, restore
+
 if TYPE_CHECKING:
     from search.inputs import TrialData, TrialSettings
-
-CHECKPOINT_FILE = "state.pt"
 
 # `train.data_on_device: auto` keeps a trial's images on the GPU when they take at most this
 # share of the device's free memory divided among the trials packed on it; the rest of each
@@ -184,17 +182,6 @@ def _evaluate(model, batches, num_classes: int, autocast) -> dict[str, Any]:
         "macro_precision": prec.compute().item(),
         "confusion": confusion.compute().cpu().tolist(),
     }
-
-
-def _report_with_checkpoint(result: dict[str, Any], model, optimizer, epoch: int) -> None:
-    import torch
-    from ray import tune
-
-    # Ray copies the directory into the run's storage during report(), so it can go after.
-    with tempfile.TemporaryDirectory(prefix="hpsearch-ckpt-") as tmp:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
-        torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 class Trainer:
@@ -411,7 +398,6 @@ def _run_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSettin
 
 def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSettings) -> None:
     import ray
-    import torch
     from ray import tune
 
     from search.dimensions import encode_layers
@@ -437,16 +423,14 @@ def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSetting
         "node_id": ray.get_runtime_context().get_node_id(),
     }
     start_epoch = 0
-    checkpoint = tune.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(
-                os.path.join(d, CHECKPOINT_FILE), map_location=trainer.device, weights_only=True
-            )
-        trainer.model.load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
-        del state  # a second copy of the weights, on the trial's device
+    restored = restore(trainer.device)
+    if restored is not None:
+        trainer.model.load_state_dict(restored.state["model"])
+        trainer.optimizer.load_state_dict(restored.state["optimizer"])
+        start_epoch = restored.state["epoch"] + 1
+        if restored.replay is not None:  # an epoch Tune's snapshot had not seen
+            tune.report(restored.replay)
+        del restored  # a second copy of the weights, on the trial's device
 
     epochs = settings.epochs
     for epoch in range(start_epoch, epochs):
@@ -480,4 +464,4 @@ def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSetting
             train_eval = trainer.evaluate(trainer.eval_train_batches)
             result.update({f"train_eval_{k}": v for k, v in train_eval.items() if k != "confusion"})
         result["seconds"] += time.perf_counter() - t0
-        _report_with_checkpoint(result, trainer.model, trainer.optimizer, epoch)
+        report_with_checkpoint(result, trainer.model, trainer.optimizer, epoch)

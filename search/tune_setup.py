@@ -96,7 +96,7 @@ def scheduler(exp: Experiment):
 
     if exp.scheduler.type == "asha":
         return ASHAScheduler(
-            time_attr="training_iteration",
+            time_attr="epoch",  # Tune's report count runs ahead of it after a restart
             max_t=exp.train.epochs,
             grace_period=exp.scheduler.grace_period,
             reduction_factor=exp.scheduler.reduction_factor,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from search.session import set_tune_env_defaults
 
@@ -59,3 +62,40 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def write_experiment(tmp_path):
+    """A factory of experiment files: write_experiment(base, **{"dotted.key": value}) writes
+    `base` (a dict, not changed) with the changes applied to tmp_path/<name>.yaml."""
+
+    def write(base: dict, **changes) -> Path:
+        doc = copy.deepcopy(base)
+        for key, value in changes.items():
+            node = doc
+            *parents, last = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[last] = value
+        path = tmp_path / f"{doc.get('name', 'experiment')}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    return write
+
+
+def read_reports(result_json: Path) -> list[dict]:
+    """A trial's reports so far, in order (result.json is appended to while it is read)."""
+    rows = []
+    for line in result_json.read_text().splitlines() if result_json.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows
+
+
+@pytest.fixture
+def reports():
+    """read_reports: a trial's result.json as a list of reports, cut at a partial line."""
+    return read_reports

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -167,56 +162,6 @@ def test_diverging_and_infeasible_trials_end_while_others_finish(
     )
     assert trials.loc[trials.status == "infeasible", "error"].str.contains("conv").all()
     assert (trials.loc[trials.status == "infeasible", "epochs"] == 0).all()
-
-
-def _finished_trials(run_dir: Path, epochs: int) -> int:
-    done = 0
-    for result in run_dir.glob("trial_*/result.json"):
-        lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
-        done += bool(lines) and lines[-1].get("epoch") == epochs
-    return done
-
-
-def test_sigkill_then_resume_completes_the_budget(
-    ray_session, tmp_path, small_folder, cache_root, capsys
-):
-    path = experiment(
-        tmp_path,
-        small_folder,
-        cache_root,
-        **{"search.num_trials": 4, "search.max_concurrent": 1, "train.epochs": 3},
-    )
-    run_dir = tmp_path / "runs" / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "run", str(path), "--name", "killed"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while _finished_trials(run_dir, 3) < 1:
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no trial finished in time"
-            time.sleep(0.5)
-        before = {p.parent.name: p.read_text() for p in run_dir.glob("trial_*/result.json")}
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
-        proc.wait()
-    assert not (run_dir / "trials.parquet").exists()
-
-    assert main(["resume", str(run_dir)]) == 0
-    trials = pd.read_parquet(run_dir / "trials.parquet")
-    assert len(trials) == 4 and set(trials["status"]) == {"completed"}, trials[
-        ["trial_id", "status"]
-    ]
-    epochs = pd.read_parquet(run_dir / "epochs.parquet")
-    assert epochs.groupby("trial_id")["epoch"].apply(sorted).map(lambda e: e == [1, 2, 3]).all()
-    finished_before = [name for name, text in before.items() if '"epoch": 3' in text]
-    for name in finished_before:  # finished trials are kept as they were
-        assert (run_dir / name / "result.json").read_text().startswith(before[name])
 
 
 def test_resume_rejects_a_folder_that_is_no_run(tmp_path, capsys):

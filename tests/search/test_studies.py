@@ -16,6 +16,20 @@ from search.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
+# Files that run as a whole search through the CLI and Ray (each has its own protocol: same-init,
+# k-fold after the search, transfer learning, the demo's whole answer) ...
+SEARCHED = ["demo", "full", "kfold", "optimizers", "transfer"]
+# ... and files that differ from those only in their search space: their first feasible trial
+# trains in-process, the path a Tune trial takes (the Tune side is the same as above).
+SPACE_ONLY = [
+    "architectures",
+    "batchnorm",
+    "dropout",
+    "kernels",
+    "mlp",
+    "regularization",
+    "strides",
+]
 
 
 def tiny(folder: Path, cache: Path, storage: Path) -> list[str]:
@@ -287,8 +301,75 @@ def test_same_init_requires_a_fixed_architecture(capsys):
     assert "train.same_init needs a fixed architecture" in capsys.readouterr().err
 
 
+def test_every_experiment_file_is_run_by_a_test():
+    assert sorted(SEARCHED + SPACE_ONLY) == EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", SPACE_ONLY)
+def test_the_first_feasible_trial_of_each_study_trains(
+    tmp_path, small_folder, cache_root, name, monkeypatch, capsys
+):
+    """The file validates, its space proposes (Optuna, as the search would), and the first
+    feasible configuration trains an epoch in the trainable with tune's calls recorded."""
+    import types
+
+    import optuna
+    import ray
+    from ray import tune
+
+    from models import InfeasibleArchitecture
+    from search.inputs import TrialSettings, load_data
+    from search.schema import load_experiment
+    from search.space import build_space, grid_points, model_config
+    from search.trainable import train_trial
+
+    path = REPO / "experiments" / f"{name}.yaml"
+    overrides = [
+        f"data.folder={small_folder}",
+        f"data.cache={cache_root}",
+        "data.image_size=16",
+        "train.epochs=1",
+        "train.batch_size=27",
+        "resources.cpus=1",
+        "resources.gpus=0",
+        "scheduler.grace_period=1",
+    ]
+    if name == "mlp":  # the seed's widths up to 4096: a slow epoch that proves nothing more
+        overrides.append("search.space.mlp_width={low: 16, high: 64, log: true}")
+    assert main(["validate", str(path), *(f"--set={o}" for o in overrides)]) == 0, (
+        capsys.readouterr().err
+    )
+    exp = load_experiment(path, overrides)
+    grid = exp.search.algorithm == "grid"
+    sampler = (
+        optuna.samplers.GridSampler(grid_points(exp.search.space), seed=0)
+        if grid
+        else optuna.samplers.RandomSampler(seed=0)
+    )
+    study = optuna.create_study(sampler=sampler)
+    data = load_data(exp, progress=False)
+    for _ in range(20):
+        config = build_space(exp.search.space, grid=grid)(study.ask())
+        try:
+            model_config(config, image_size=16, num_classes=data.num_classes)
+            break
+        except InfeasibleArchitecture:
+            continue
+    else:
+        pytest.fail(f"{name}: no feasible configuration at 16 px in 20 proposals")
+    reports: list[dict] = []
+    monkeypatch.setattr(tune, "report", lambda result, checkpoint=None: reports.append(result))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(
+        ray, "get_runtime_context", lambda: types.SimpleNamespace(get_node_id=lambda: "n")
+    )
+    train_trial(config, data=data, settings=TrialSettings.from_experiment(exp))
+    assert [r["epoch"] for r in reports] == [1] and reports[0]["status"] == "running", reports
+    assert 0 <= reports[0]["val_accuracy"] <= 1 and reports[0]["params"] > 0
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", SEARCHED)
 def test_every_experiment_runs_with_tiny_overrides(
     ray_session, tmp_path, small_folder, cache_root, name, capsys
 ):

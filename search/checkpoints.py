@@ -1,0 +1,107 @@
+"""A trial's checkpoints, and which one a restarted trial continues from.
+
+A checkpoint is one folder per epoch with the weights and optimizer state (`state.pt`, a plain
+state dict) and that epoch's report (`report.json`). Ray Tune restores a trial from the
+checkpoint its experiment snapshot names, and the snapshot is written every few seconds: after
+a crash it can name an older checkpoint than the trial had persisted, or one Tune has since
+deleted (one is kept per trial). A restarted trial therefore continues from the newest
+checkpoint in its own folder that loads, and reports that epoch again, marked `replayed`, so that
+Tune, the scheduler and the searcher know where it stands (the export keeps an epoch's first
+report over a replayed one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+STATE_FILE = "state.pt"
+REPORT_FILE = "report.json"
+CHECKPOINT_PREFIX = "checkpoint_"  # Tune's folder names: checkpoint_000000, checkpoint_000001, ...
+REPLAYED = "replayed"  # set on a report a restarted trial sends again from its checkpoint
+
+
+@dataclass(frozen=True)
+class Restored:
+    state: dict[str, Any]  # model, optimizer, epoch (0-based) as saved
+    replay: dict[str, Any] | None  # the epoch's report to send again; None: Tune has it
+
+
+def report_with_checkpoint(result: dict[str, Any], model, optimizer, epoch: int) -> None:
+    """tune.report(result) with this epoch's checkpoint (Ray copies the folder into the run's
+    storage during report(), so the temporary folder can go after)."""
+    import torch
+    from ray import tune
+
+    with tempfile.TemporaryDirectory(prefix="hpsearch-ckpt-") as tmp:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        torch.save(state, os.path.join(tmp, STATE_FILE))
+        with open(os.path.join(tmp, REPORT_FILE), "w") as f:
+            json.dump(result, f)
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _trial_folder(fallback) -> tuple[Any, str] | None:
+    """(pyarrow filesystem, path) of the folder this trial's checkpoints persist to."""
+    try:  # Ray's storage context of the running trial: the one place that knows the folder
+        from ray.train._internal.session import get_session
+
+        storage = get_session().storage
+        return storage.storage_filesystem, storage.trial_fs_path
+    except Exception:  # noqa: BLE001 (a Ray without it: the folder of Tune's checkpoint)
+        if fallback is None:
+            return None
+        return fallback.filesystem, os.path.dirname(fallback.path.rstrip("/"))
+
+
+def _candidates(fs, folder: str) -> list[str]:
+    """Checkpoint folders in `folder`, newest epoch first, by their reports (a folder whose
+    report is missing or unreadable, e.g. cut by a crash while it was copied, is skipped)."""
+    import pyarrow.fs as pafs
+
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    except OSError:
+        return []
+    found = []
+    for info in infos:
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith(CHECKPOINT_PREFIX):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/{REPORT_FILE}") as f:
+                epoch = int(json.loads(f.read())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        found.append((epoch, info.path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def restore(device: str) -> Restored | None:
+    """The state this trial continues from, or None to start from scratch: the newest checkpoint
+    in its folder that loads (Tune's own when that is the newest)."""
+    import torch
+    from ray import tune
+
+    known = tune.get_checkpoint()
+    folder = _trial_folder(known)
+    paths = _candidates(*folder) if folder else []
+    known_path = known.path.rstrip("/") if known is not None else None
+    if known_path is not None and known_path not in paths:
+        paths.append(known_path)  # last: only when no newer folder loads
+    for path in paths:
+        checkpoint = known if path == known_path else tune.Checkpoint(path, folder[0])
+        try:
+            with checkpoint.as_directory() as d:
+                state = torch.load(
+                    os.path.join(d, STATE_FILE), map_location=device, weights_only=True
+                )
+                report = None
+                if path != known_path:
+                    with open(os.path.join(d, REPORT_FILE)) as f:
+                        report = {**json.load(f), REPLAYED: True}
+        except Exception:  # noqa: BLE001 (a folder cut by a crash: try the next older one)
+            continue
+        return Restored(state=state, replay=report)
+    return None

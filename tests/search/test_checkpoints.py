@@ -1,0 +1,108 @@
+"""Which checkpoint a restarted trial continues from (no Ray: Tune's checkpoint is faked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+from ray import tune
+
+from search import checkpoints
+from search.checkpoints import REPLAYED, restore
+from search.export import read_results
+
+
+def _save(trial: Path, index: int, epoch: int) -> Path:
+    d = trial / f"checkpoint_{index:06d}"
+    d.mkdir(parents=True)
+    torch.save({"model": {"w": torch.full((2,), float(epoch))}, "epoch": epoch - 1}, d / "state.pt")
+    (d / "report.json").write_text(json.dumps({"epoch": epoch, "val_accuracy": epoch / 10}))
+    return d
+
+
+@pytest.fixture
+def trial(tmp_path, monkeypatch):
+    """A trial folder (`.path`); `.known(path)` makes `path` the checkpoint Tune restores from."""
+    folder = tmp_path / "trial_a"
+    folder.mkdir()
+    monkeypatch.setattr(
+        checkpoints, "_trial_folder", lambda _: (pafs.LocalFileSystem(), str(folder))
+    )
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+
+    def known(path: Path | None) -> None:
+        value = None if path is None else tune.Checkpoint(str(path))
+        monkeypatch.setattr(tune, "get_checkpoint", lambda: value)
+
+    return SimpleNamespace(path=folder, known=known)
+
+
+def test_tunes_own_checkpoint_when_it_is_the_newest(trial):
+    _save(trial.path, 0, 1)
+    trial.known(_save(trial.path, 1, 2))
+    got = restore("cpu")
+    assert got.state["epoch"] == 1 and got.replay is None  # nothing to tell Tune again
+
+
+def test_a_newer_checkpoint_than_tunes_snapshot_wins_and_is_replayed(trial):
+    trial.known(_save(trial.path, 0, 1))
+    _save(trial.path, 1, 2)
+    _save(trial.path, 2, 3)
+    got = restore("cpu")
+    assert got.state["epoch"] == 2 and torch.equal(got.state["model"]["w"], torch.full((2,), 3.0))
+    assert got.replay == {"epoch": 3, "val_accuracy": 0.3, REPLAYED: True}
+
+
+def test_the_newest_epoch_wins_over_the_newest_folder_name(trial):
+    """After a restart Tune numbers the next checkpoint from its snapshot: a lower folder number
+    can hold a later epoch."""
+    _save(trial.path, 3, 2)
+    _save(trial.path, 1, 4)
+    assert restore("cpu").state["epoch"] == 3
+
+
+def test_a_deleted_snapshot_checkpoint_falls_back_to_what_is_on_disk(trial):
+    trial.known(trial.path / "checkpoint_000000")  # Tune deleted it after a newer one
+    _save(trial.path, 1, 2)
+    assert restore("cpu").replay["epoch"] == 2
+
+
+def test_a_checkpoint_cut_by_a_crash_falls_back_to_the_one_before(trial):
+    trial.known(_save(trial.path, 0, 1))
+    cut = _save(trial.path, 1, 2)
+    (cut / "state.pt").write_bytes((cut / "state.pt").read_bytes()[:20])
+    got = restore("cpu")
+    assert got.state["epoch"] == 0 and got.replay is None
+    (trial.path / "checkpoint_000002").mkdir()  # copied without its report yet
+    assert restore("cpu").state["epoch"] == 0
+
+
+def test_nothing_to_restore_starts_from_scratch(trial):
+    assert restore("cpu") is None
+
+
+def test_the_export_keeps_an_epochs_first_report_over_its_replay(tmp_path):
+    lines = [
+        {"epoch": 1, "val_accuracy": 0.1, "timestamp": 1},
+        {"epoch": 2, "val_accuracy": 0.2, "timestamp": 2},
+        {"epoch": 2, "val_accuracy": 0.2, "timestamp": 9, REPLAYED: True},  # after a restart
+        {"epoch": 3, "val_accuracy": 0.3, "timestamp": 10},
+    ]
+    (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert [(r["epoch"], r["timestamp"]) for r in read_results(tmp_path)] == [
+        (1, 1),
+        (2, 2),
+        (3, 10),
+    ]
+    # a replay is the only report of an epoch whose line the crash cut off: it stands in
+    lines.pop(1)
+    (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert [(r["epoch"], r["timestamp"]) for r in read_results(tmp_path)] == [
+        (1, 1),
+        (2, 9),
+        (3, 10),
+    ]
