@@ -64,12 +64,12 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture
-def write_experiment(tmp_path):
-    """A factory of experiment files: write_experiment(base, **{"dotted.key": value}) writes
-    `base` (a dict, not changed) with the changes applied to tmp_path/<name>.yaml."""
+@pytest.fixture(scope="session")
+def write_experiment():
+    """A factory of experiment files: write_experiment(base, folder, **{"dotted.key": value})
+    writes `base` (a dict, left unchanged) with the changes to folder/<name>.yaml."""
 
-    def write(base: dict, **changes) -> Path:
+    def write(base: dict, folder: Path, **changes) -> Path:
         doc = copy.deepcopy(base)
         for key, value in changes.items():
             node = doc
@@ -77,7 +77,7 @@ def write_experiment(tmp_path):
             for p in parents:
                 node = node.setdefault(p, {})
             node[last] = value
-        path = tmp_path / f"{doc.get('name', 'experiment')}.yaml"
+        path = Path(folder) / f"{doc.get('name', 'experiment')}.yaml"
         path.write_text(yaml.safe_dump(doc))
         return path
 
@@ -95,7 +95,7 @@ def read_reports(result_json: Path) -> list[dict]:
     return rows
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def reports():
     """read_reports: a trial's result.json as a list of reports, cut at a partial line."""
     return read_reports

@@ -9,7 +9,6 @@ runs on the head directly, as after `ray attach`, and only the job test is skipp
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,6 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-import yaml
 
 pytestmark = pytest.mark.slow
 
@@ -25,48 +23,24 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def experiment(tmp_path: Path, folder: Path, cache: Path, **changes) -> Path:
-    doc = {
-        "name": "drill",
-        "data": {"folder": str(folder), "image_size": 16, "cache": str(cache)},
-        "search": {
-            "algorithm": "random",
-            "num_trials": 4,
-            "max_concurrent": 2,  # one trial per node: each node has one CPU
-            "space": {
-                "arch": "FlatAlexNet",
-                "width": 0.25,
-                "mlp_layers": 0,
-                "optimizer": {"sgd": {"lr": {"low": 0.01, "high": 0.1, "log": True}}},
-            },
+BASE = {
+    "name": "drill",
+    "search": {
+        "algorithm": "random",
+        "num_trials": 4,
+        "max_concurrent": 2,  # one trial per node: each node has one CPU
+        "space": {
+            "arch": "FlatAlexNet",
+            "width": 0.25,
+            "mlp_layers": 0,
+            "optimizer": {"sgd": {"lr": {"low": 0.01, "high": 0.1, "log": True}}},
         },
-        "scheduler": {"type": "none"},
-        "train": {"epochs": 2, "batch_size": 16},
-        "resources": {"cpus": 1, "gpus": 0},
-        "failure": {"max_retries": 2},
-        # Shared storage: every node of this cluster sees this folder at the same path.
-        "storage": str(tmp_path / "runs"),
-    }
-    for key, value in changes.items():
-        node = doc
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    path = tmp_path / "drill.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def _reports(result_json: Path) -> list[dict]:
-    """A trial's reports so far (result.json is appended to while we read it)."""
-    rows = []
-    for line in result_json.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-    return rows
+    },
+    "scheduler": {"type": "none"},
+    "train": {"epochs": 2, "batch_size": 16},
+    "resources": {"cpus": 1, "gpus": 0},
+    "failure": {"max_retries": 2},
+}
 
 
 EPOCHS = 6
@@ -74,11 +48,16 @@ TRIALS = 3
 
 
 @pytest.fixture(scope="module")
-def drill(two_nodes, tmp_path_factory, small_folder, cache_root):
+def drill(two_nodes, tmp_path_factory, small_folder, cache_root, write_experiment, reports):
     cluster = two_nodes
     tmp = tmp_path_factory.mktemp("drill")
-    path = experiment(
-        tmp, small_folder, cache_root, **{"search.num_trials": TRIALS, "train.epochs": EPOCHS}
+    path = write_experiment(
+        BASE,
+        tmp,
+        data={"folder": str(small_folder), "image_size": 16, "cache": str(cache_root)},
+        # Shared storage: every node of this cluster sees this folder at the same path.
+        storage=str(tmp / "runs"),
+        **{"search.num_trials": TRIALS, "train.epochs": EPOCHS},
     )
     run_dir = tmp / "runs" / "drill"
     search = ["hpsearch", "run", str(path), "--name", "drill"]
@@ -101,7 +80,7 @@ def drill(two_nodes, tmp_path_factory, small_folder, cache_root):
         assert driver.poll() is None, log.read_text()[-4000:] + cluster.logs()
         assert time.monotonic() < deadline, "no trial ran on the worker\n" + cluster.logs()
         for result in run_dir.glob("trial_*/result.json"):
-            rows = _reports(result)
+            rows = reports(result)
             if rows and 1 <= rows[-1]["epoch"] < EPOCHS:
                 node = cluster.node_of_pid(rows[-1]["pid"])
                 if node is not None and node is not cluster.head:
@@ -145,14 +124,14 @@ def test_the_search_completes_its_whole_budget(drill):
     assert (trials["epochs"] == EPOCHS).all()
 
 
-def test_the_lost_workers_trial_resumed_from_its_checkpoint(drill):
+def test_the_lost_workers_trial_resumed_from_its_checkpoint(drill, reports):
     lost_node = drill.last_report["node_id"]
-    reports = _reports(drill.run_dir / f"trial_{drill.lost_trial}" / "result.json")
-    moved = [r for r in reports if r["node_id"] != lost_node]
+    rows = reports(drill.run_dir / f"trial_{drill.lost_trial}" / "result.json")
+    moved = [r for r in rows if r["node_id"] != lost_node]
     # It went on on another node, from the epoch after its last checkpoint, not from epoch 1.
-    assert moved, [(r["epoch"], r["node_id"][:8]) for r in reports]
+    assert moved, [(r["epoch"], r["node_id"][:8]) for r in rows]
     assert moved[0]["epoch"] > 1 and moved[0]["epoch"] >= drill.last_report["epoch"], [
-        (r["epoch"], r["node_id"][:8]) for r in reports
+        (r["epoch"], r["node_id"][:8]) for r in rows
     ]
     epochs = pd.read_parquet(drill.run_dir / "epochs.parquet")
     lost = epochs[epochs["trial_id"] == drill.lost_trial]

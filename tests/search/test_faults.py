@@ -46,6 +46,7 @@ BASE = {
 def _experiment(write_experiment, tmp_path, folder, cache, **changes) -> Path:
     return write_experiment(
         BASE,
+        tmp_path,
         **{
             "data": {"folder": str(folder), "image_size": 16, "cache": str(cache)},
             "storage": str(tmp_path / "runs"),

@@ -55,37 +55,38 @@ TABLE_COLUMNS = {
 }
 
 
-def experiment(tmp_path: Path, folder: Path, cache: Path, **changes) -> Path:
-    doc = {
-        "name": "tiny",
-        "data": {"folder": str(folder), "image_size": 16, "cache": str(cache)},
-        "search": {
-            "num_trials": 3,
-            "max_concurrent": 2,
-            "space": {
-                "arch": ["FlatAlexNet", "NarrowAlexNet"],
-                "width": 0.25,
-                "mlp_layers": [0, 1],
-                "mlp_width": [32],
-                "optimizer": {"sgd": {"lr": {"low": 0.01, "high": 0.1, "log": True}}, "adam": {}},
-            },
+BASE = {
+    "name": "tiny",
+    "search": {
+        "num_trials": 3,
+        "max_concurrent": 2,
+        "space": {
+            "arch": ["FlatAlexNet", "NarrowAlexNet"],
+            "width": 0.25,
+            "mlp_layers": [0, 1],
+            "mlp_width": [32],
+            "optimizer": {"sgd": {"lr": {"low": 0.01, "high": 0.1, "log": True}}, "adam": {}},
         },
-        "scheduler": {"type": "none"},
-        "train": {"epochs": 2, "batch_size": 16},
-        "storage": str(tmp_path / "runs"),
-    }
-    for key, value in changes.items():
-        node = doc
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    },
+    "scheduler": {"type": "none"},
+    "train": {"epochs": 2, "batch_size": 16},
+}
 
 
-def test_run_writes_every_table(ray_session, tmp_path, small_folder, cache_root, capsys):
+@pytest.fixture
+def experiment(write_experiment):
+    """experiment(tmp_path, folder, cache, **{"dotted.key": value}): BASE on `folder`."""
+
+    def write(tmp: Path, folder: Path, cache: Path, **changes) -> Path:
+        data = {"folder": str(folder), "image_size": 16, "cache": str(cache)}
+        return write_experiment(BASE, tmp, data=data, storage=str(tmp / "runs"), **changes)
+
+    return write
+
+
+def test_run_writes_every_table(
+    ray_session, tmp_path, small_folder, cache_root, capsys, experiment
+):
     path = experiment(tmp_path, small_folder, cache_root)
     assert main(["run", str(path), "--name", "r1"]) == 0
     out = capsys.readouterr().out
@@ -132,7 +133,7 @@ def test_run_writes_every_table(ray_session, tmp_path, small_folder, cache_root,
 
 
 def test_diverging_and_infeasible_trials_end_while_others_finish(
-    ray_session, tmp_path, small_folder, cache_root, capsys
+    ray_session, tmp_path, small_folder, cache_root, capsys, experiment
 ):
     path = experiment(
         tmp_path,
@@ -169,14 +170,14 @@ def test_resume_rejects_a_folder_that_is_no_run(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
-def test_run_reports_a_missing_data_folder(tmp_path, cache_root, capsys):
+def test_run_reports_a_missing_data_folder(tmp_path, cache_root, capsys, experiment):
     path = experiment(tmp_path, tmp_path / "nope", cache_root)
     assert main(["run", str(path)]) == 2
     assert "data.folder" in capsys.readouterr().err
 
 
 def test_same_config_and_seed_reproduce_the_same_trial(
-    ray_session, tmp_path, small_folder, cache_root, capsys
+    ray_session, tmp_path, small_folder, cache_root, capsys, experiment
 ):
     path = experiment(
         tmp_path,
@@ -201,7 +202,7 @@ def test_same_config_and_seed_reproduce_the_same_trial(
 
 
 def test_a_preset_and_a_torchvision_backbone_in_one_search(
-    ray_session, tmp_path, small_folder, cache_root, capsys
+    ray_session, tmp_path, small_folder, cache_root, capsys, experiment
 ):
     """A torchvision backbone (random weights) next to a preset: both trials land in every
     table and in the report, with their own cost."""
