@@ -1,12 +1,13 @@
 """A trial's checkpoints, and which one a restarted trial continues from.
 
 A checkpoint is one folder per epoch with the weights and optimizer state (`state.pt`, a plain
-state dict) and that epoch's report (`report.json`). Ray Tune restores a trial from the
-checkpoint its experiment snapshot names, and the snapshot is written every few seconds: after
-a crash it can name an older checkpoint than the trial had persisted, or one Tune has since
-deleted (one is kept per trial). A restarted trial therefore continues from the newest
-checkpoint in its own folder that loads, and reports that epoch again, marked `replayed`, so that
-Tune, the scheduler and the searcher know where it stands (the export keeps an epoch's first
+state dict) and the trial's reports up to that epoch (`reports.json`). Ray Tune restores a trial
+from the checkpoint its experiment snapshot names, and the snapshot (with the trials' result
+files, synced with it) is written every >= 10 s: after a crash it can name an older checkpoint
+than the trial had persisted, one Tune has since deleted (one is kept per trial), or none. A
+restarted trial therefore continues from the newest checkpoint in its own folder that loads, and
+reports its epochs again, marked `replayed`, so that the epochs the result file lacks are there
+and Tune, the scheduler and the searcher know where it stands (the export keeps an epoch's first
 report over a replayed one)."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 STATE_FILE = "state.pt"
-REPORT_FILE = "report.json"
+REPORTS_FILE = "reports.json"  # the trial's reports, oldest first
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's folder names: checkpoint_000000, checkpoint_000001, ...
 REPLAYED = "replayed"  # set on a report a restarted trial sends again from its checkpoint
 
@@ -26,20 +27,24 @@ REPLAYED = "replayed"  # set on a report a restarted trial sends again from its 
 @dataclass(frozen=True)
 class Restored:
     state: dict[str, Any]  # model, optimizer, epoch (0-based) as saved
-    replay: dict[str, Any] | None  # the epoch's report to send again; None: Tune has it
+    reports: list[dict[str, Any]]  # the trial's reports up to that epoch
+    replay: bool  # send them again: Tune's snapshot had not seen this checkpoint
 
 
-def report_with_checkpoint(result: dict[str, Any], model, optimizer, epoch: int) -> None:
-    """tune.report(result) with this epoch's checkpoint (Ray copies the folder into the run's
-    storage during report(), so the temporary folder can go after)."""
+def report_with_checkpoint(
+    result: dict[str, Any], model, optimizer, epoch: int, reports: list[dict[str, Any]]
+) -> None:
+    """tune.report(result) with this epoch's checkpoint; `reports` are the trial's reports so
+    far, `result` the last of them (Ray copies the folder into the run's storage during
+    report(), so the temporary folder can go after)."""
     import torch
     from ray import tune
 
     with tempfile.TemporaryDirectory(prefix="hpsearch-ckpt-") as tmp:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
         torch.save(state, os.path.join(tmp, STATE_FILE))
-        with open(os.path.join(tmp, REPORT_FILE), "w") as f:
-            json.dump(result, f)
+        with open(os.path.join(tmp, REPORTS_FILE), "w") as f:
+            json.dump(reports, f)
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -70,12 +75,16 @@ def _candidates(fs, folder: str) -> list[str]:
         if info.type != pafs.FileType.Directory or not info.base_name.startswith(CHECKPOINT_PREFIX):
             continue
         try:
-            with fs.open_input_stream(f"{info.path}/{REPORT_FILE}") as f:
-                epoch = int(json.loads(f.read())["epoch"])
+            with fs.open_input_stream(f"{info.path}/{REPORTS_FILE}") as f:
+                epoch = int(json.loads(f.read())[-1]["epoch"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
         found.append((epoch, info.path))
     return [path for _, path in sorted(found, reverse=True)]
+
+
+def replayed(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, REPLAYED: True} for r in reports]
 
 
 def restore(device: str) -> Restored | None:
@@ -97,11 +106,11 @@ def restore(device: str) -> Restored | None:
                 state = torch.load(
                     os.path.join(d, STATE_FILE), map_location=device, weights_only=True
                 )
-                report = None
-                if path != known_path:
-                    with open(os.path.join(d, REPORT_FILE)) as f:
-                        report = {**json.load(f), REPLAYED: True}
+                reports = []
+                if os.path.exists(os.path.join(d, REPORTS_FILE)):  # (checkpoints before it)
+                    with open(os.path.join(d, REPORTS_FILE)) as f:
+                        reports = json.load(f)
         except Exception:  # noqa: BLE001 (a folder cut by a crash: try the next older one)
             continue
-        return Restored(state=state, replay=report)
+        return Restored(state=state, reports=reports, replay=path != known_path)
     return None

@@ -21,7 +21,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from search.checkpoints import report_with_checkpoint, restore
+from search.checkpoints import replayed, report_with_checkpoint, restore
 
 if TYPE_CHECKING:
     from search.inputs import TrialData, TrialSettings
@@ -422,14 +422,15 @@ def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSetting
         # Which Ray node ran the epoch: node IPs coincide for nodes sharing a machine.
         "node_id": ray.get_runtime_context().get_node_id(),
     }
-    start_epoch = 0
+    start_epoch, reports = 0, []
     restored = restore(trainer.device)
     if restored is not None:
         trainer.model.load_state_dict(restored.state["model"])
         trainer.optimizer.load_state_dict(restored.state["optimizer"])
-        start_epoch = restored.state["epoch"] + 1
-        if restored.replay is not None:  # an epoch Tune's snapshot had not seen
-            tune.report(restored.replay)
+        start_epoch, reports = restored.state["epoch"] + 1, restored.reports
+        if restored.replay:  # epochs Tune's snapshot (and the result file) had not seen
+            for report in replayed(reports):
+                tune.report(report)
         del restored  # a second copy of the weights, on the trial's device
 
     epochs = settings.epochs
@@ -464,4 +465,5 @@ def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSetting
             train_eval = trainer.evaluate(trainer.eval_train_batches)
             result.update({f"train_eval_{k}": v for k, v in train_eval.items() if k != "confusion"})
         result["seconds"] += time.perf_counter() - t0
-        report_with_checkpoint(result, trainer.model, trainer.optimizer, epoch)
+        reports.append(result)
+        report_with_checkpoint(result, trainer.model, trainer.optimizer, epoch, reports)

@@ -12,7 +12,7 @@ import torch
 from ray import tune
 
 from search import checkpoints
-from search.checkpoints import REPLAYED, restore
+from search.checkpoints import REPLAYED, replayed, restore
 from search.export import read_results
 
 
@@ -20,7 +20,8 @@ def _save(trial: Path, index: int, epoch: int) -> Path:
     d = trial / f"checkpoint_{index:06d}"
     d.mkdir(parents=True)
     torch.save({"model": {"w": torch.full((2,), float(epoch))}, "epoch": epoch - 1}, d / "state.pt")
-    (d / "report.json").write_text(json.dumps({"epoch": epoch, "val_accuracy": epoch / 10}))
+    reports = [{"epoch": e, "val_accuracy": e / 10} for e in range(1, epoch + 1)]
+    (d / "reports.json").write_text(json.dumps(reports))
     return d
 
 
@@ -45,7 +46,8 @@ def test_tunes_own_checkpoint_when_it_is_the_newest(trial):
     _save(trial.path, 0, 1)
     trial.known(_save(trial.path, 1, 2))
     got = restore("cpu")
-    assert got.state["epoch"] == 1 and got.replay is None  # nothing to tell Tune again
+    assert got.state["epoch"] == 1 and not got.replay  # nothing to tell Tune again
+    assert [r["epoch"] for r in got.reports] == [1, 2]  # the history the trial goes on with
 
 
 def test_a_newer_checkpoint_than_tunes_snapshot_wins_and_is_replayed(trial):
@@ -54,7 +56,8 @@ def test_a_newer_checkpoint_than_tunes_snapshot_wins_and_is_replayed(trial):
     _save(trial.path, 2, 3)
     got = restore("cpu")
     assert got.state["epoch"] == 2 and torch.equal(got.state["model"]["w"], torch.full((2,), 3.0))
-    assert got.replay == {"epoch": 3, "val_accuracy": 0.3, REPLAYED: True}
+    assert got.replay and [r["epoch"] for r in got.reports] == [1, 2, 3]
+    assert replayed(got.reports)[-1] == {"epoch": 3, "val_accuracy": 0.3, REPLAYED: True}
 
 
 def test_the_newest_epoch_wins_over_the_newest_folder_name(trial):
@@ -68,7 +71,8 @@ def test_the_newest_epoch_wins_over_the_newest_folder_name(trial):
 def test_a_deleted_snapshot_checkpoint_falls_back_to_what_is_on_disk(trial):
     trial.known(trial.path / "checkpoint_000000")  # Tune deleted it after a newer one
     _save(trial.path, 1, 2)
-    assert restore("cpu").replay["epoch"] == 2
+    got = restore("cpu")
+    assert got.replay and got.state["epoch"] == 1
 
 
 def test_a_checkpoint_cut_by_a_crash_falls_back_to_the_one_before(trial):
@@ -76,7 +80,7 @@ def test_a_checkpoint_cut_by_a_crash_falls_back_to_the_one_before(trial):
     cut = _save(trial.path, 1, 2)
     (cut / "state.pt").write_bytes((cut / "state.pt").read_bytes()[:20])
     got = restore("cpu")
-    assert got.state["epoch"] == 0 and got.replay is None
+    assert got.state["epoch"] == 0 and not got.replay
     (trial.path / "checkpoint_000002").mkdir()  # copied without its report yet
     assert restore("cpu").state["epoch"] == 0
 

@@ -5,6 +5,7 @@ checkpoint), the whole budget completes, and nothing a trial had reported is los
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 from rundir import TUNE_STATE_GLOB
+from search.checkpoints import REPORTS_FILE
 from search.cli import main
 from search.export import collect, tune_statuses
 
@@ -56,13 +58,17 @@ def _experiment(write_experiment, tmp_path, folder, cache, **changes) -> Path:
 
 
 def _persisted_epoch(trial_dir: Path) -> int:
-    """The newest epoch whose checkpoint is complete on disk (0: none)."""
+    """The newest epoch whose checkpoint is complete on disk: its state loads and its reports
+    are there (0: none)."""
     epochs = [0]
     for state in trial_dir.glob("checkpoint_*/state.pt"):
         try:
-            epochs.append(torch.load(state, weights_only=True)["epoch"] + 1)
+            epoch = torch.load(state, weights_only=True)["epoch"] + 1
+            reports = json.loads((state.parent / REPORTS_FILE).read_text())
         except Exception:  # noqa: BLE001 (a checkpoint still being copied)
             continue
+        if reports[-1]["epoch"] == epoch:
+            epochs.append(epoch)
     return max(epochs)
 
 
@@ -146,10 +152,13 @@ def test_a_killed_driver_resumes_each_trial_from_its_newest_checkpoint(
         while not {f"trial_{t}" for t in tune_statuses(run_dir)} >= listed:
             assert time.monotonic() < deadline, "Tune's snapshot never listed the trials"
             time.sleep(0.2)
-        # One more epoch, then freeze again: Tune's snapshot (every >= 10 s) now names an older
-        # checkpoint than the one on disk, which Tune may also have deleted (it keeps one).
+        # Up to two more epochs, short of the last one (a finished trial makes Tune write a
+        # snapshot), then freeze again: Tune's snapshot (every >= 10 s) and the result file
+        # synced with it now lag the checkpoint on disk, and Tune may have deleted the
+        # checkpoint its snapshot names (it keeps one).
         snapshot = _snapshot_time(run_dir)
-        target = _persisted_epoch(run_dir / midway[0]) + 1
+        now = _persisted_epoch(run_dir / midway[0])
+        target = min(now + 2, epochs - 1) if now + 1 < epochs else epochs
         for w in workers:
             w.resume()
         while _persisted_epoch(run_dir / midway[0]) < target:
@@ -158,12 +167,13 @@ def test_a_killed_driver_resumes_each_trial_from_its_newest_checkpoint(
         for w in _trial_workers(proc.pid):
             w.suspend()
         stale = _snapshot_time(run_dir) == snapshot
-        before = {d.name: (d / "result.json").read_text() for d in run_dir.glob("trial_*")}
-        exported = collect(run_dir, epochs=epochs, classes=CLASSES)
-        persisted = {d.name: _persisted_epoch(d) for d in run_dir.glob("trial_*")}
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray instance, the frozen workers
         proc.wait()
+    # What the kill left: the result files Tune had synced, an export of them, the checkpoints.
+    before = {d.name: (d / "result.json").read_text() for d in run_dir.glob("trial_*")}
+    exported = collect(run_dir, epochs=epochs, classes=CLASSES)
+    persisted = {d.name: _persisted_epoch(d) for d in run_dir.glob("trial_*")}
     assert not (run_dir / "trials.parquet").exists()
     assert persisted[midway[0]] == target, persisted
     if not stale:  # rare: the kill came right after a snapshot; what follows holds all the same
@@ -186,7 +196,8 @@ def test_a_killed_driver_resumes_each_trial_from_its_newest_checkpoint(
         assert _fresh_epochs(new) == list(range(k + 1, epochs + 1)), (name, k, _fresh_epochs(rows))
 
     # The trials that had finished: every row as an export just before the kill wrote it.
-    done = [t for t in exported["trials"]["trial_id"] if persisted[f"trial_{t}"] == epochs]
+    last = exported["epochs"].groupby("trial_id")["epoch"].max()
+    done = list(last[last == epochs].index)
     assert done
     after = {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in exported}
     for name, frame in exported.items():
