@@ -24,6 +24,7 @@ from rundir import (
     check_mode,
     empty_frame,
     metric_mode,
+    runs_inside,
     table_file,
 )
 
@@ -115,9 +116,8 @@ def _not_a_run(path: Path) -> FileNotFoundError:
             f"{path} is a Ray Tune folder without trials.parquet: the tables are written at the "
             f"end of `hpsearch run`; write them with `hpsearch resume {path}`"
         )
-    runs = sorted(p.parent.name for p in path.glob(f"*/{TRIALS_FILE}"))
-    if runs:
-        listed = ", ".join(str(path / r) for r in runs[:5]) + (" ..." if len(runs) > 5 else "")
+    listed = runs_inside(path, TRIALS_FILE)
+    if listed:
         return FileNotFoundError(
             f"{path} holds run directories, it is not one itself; pick one: {listed}"
         )

@@ -50,6 +50,7 @@ from rundir.layout import (
     empty_frame,
     metric_mode,
     rank_trials,
+    runs_inside,
     table_file,
 )
 
@@ -96,6 +97,7 @@ __all__ = [
     "empty_frame",
     "metric_mode",
     "rank_trials",
+    "runs_inside",
     "table_file",
     "write_json",
     "write_npy",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import pandas as pd
 
@@ -80,6 +81,14 @@ def check_component(value: str, what: str) -> str:
             "'..', no leading dot and no control characters"
         )
     return value
+
+
+def runs_inside(folder: Path, marker: str, *, most: int = 5) -> str:
+    """The run directories directly inside `folder` (those holding `marker`), listed for an
+    error message that asks for one of them; "" when there are none."""
+    runs = sorted(p.parent.name for p in Path(folder).glob(f"*/{marker}"))
+    listed = ", ".join(str(Path(folder) / r) for r in runs[:most])
+    return listed + (" ..." if len(runs) > most else "")
 
 
 def table_file(table: str) -> str:

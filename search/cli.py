@@ -91,7 +91,9 @@ def _print_answer(run_dir) -> bool:
     from pathlib import Path
 
     from rundir import FOLDS_FILE
+    from search.remote import local_path
 
+    run_dir = local_path(run_dir)  # an s3:// run: its working copy
     if not Path(run_dir, FOLDS_FILE).exists():
         return False
     from analysis.stats import format_recommendation, recommend_run
@@ -103,8 +105,17 @@ def _print_answer(run_dir) -> bool:
 
 
 def _finish(run_dir, tables, interrupted: bool, exp) -> int:
+    from search.console import is_quiet
     from search.export import format_best
+    from search.remote import display
 
+    run_dir = display(run_dir)  # an s3:// run by its URI, not by its working copy
+
+    if is_quiet():  # -q: only where the results are, and whether the search finished
+        print(f"results: {run_dir}")
+        if interrupted:
+            print(f"the search did not finish; continue it with: hpsearch resume {run_dir}")
+        return 130 if interrupted else 0
     print()
     print(format_best(tables["trials"], metric=exp.search.metric, mode=exp.search.mode))
     print(f"\nresults: {run_dir}  (trials/epochs/steps/confusion .parquet, optuna.db)")
@@ -122,15 +133,20 @@ def _finish(run_dir, tables, interrupted: bool, exp) -> int:
 
 
 def _run_search(exp, args: argparse.Namespace, *, report: bool = False) -> int:
+    from search.console import is_quiet
     from search.study import run
 
-    run_dir, tables, interrupted = run(exp, name=args.name, address=args.address)
+    run_dir, tables, interrupted = run(
+        exp, name=args.name, address=args.address, progress=not is_quiet()
+    )
     code = _finish(run_dir, tables, interrupted, exp)
     if report and not interrupted:
         from analysis import format_report_result, write_report
 
-        print()
-        print(format_report_result(write_report(run_dir)))
+        result = write_report(run_dir)
+        if not is_quiet():
+            print()
+            print(format_report_result(result))
     return code
 
 
@@ -139,18 +155,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    from search.console import is_quiet
     from search.study import resume
 
-    run_dir, tables, interrupted = resume(args.run_dir, address=args.address)
+    run_dir, tables, interrupted = resume(
+        args.run_dir, address=args.address, progress=not is_quiet()
+    )
     exp = _load(str(run_dir / "experiment.yaml"), [])
     return _finish(run_dir, tables, interrupted, exp)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from search.console import is_quiet
     from search.demo import DEMO_EXPERIMENT, write_digits
 
     folder = write_digits(args.out)
-    print(f"demo data: scikit-learn digits written as an image folder in {folder}")
+    if not is_quiet():
+        print(f"demo data: scikit-learn digits written as an image folder in {folder}")
     exp = _load(str(args.experiment or DEMO_EXPERIMENT), args.set, str(folder), args.storage)
     return _run_search(exp, args, report=True)
 
@@ -217,6 +238,7 @@ def _cmd_final(args: argparse.Namespace) -> int:
 
 def _cmd_kfold(args: argparse.Namespace) -> int:
     from analysis.kfold import format_kfold_summary, kfold_summary
+    from search.console import is_quiet
     from search.kfold import run_kfold
 
     folds, interrupted = run_kfold(
@@ -226,9 +248,10 @@ def _cmd_kfold(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         trial_ids=args.trials or None,
         address=args.address,
+        progress=not is_quiet(),
     )
     print(f"\nfolds: {len(folds)} rows in {args.run_dir}/folds.parquet")
-    if len(folds):
+    if len(folds) and not is_quiet():
         print(format_kfold_summary(kfold_summary(folds)))
         _print_answer(args.run_dir)
     if interrupted:
@@ -239,20 +262,35 @@ def _cmd_kfold(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis import format_report_result, write_report
+    from rundir import REPORT_DIR
+    from search.remote import checkout
 
+    run_dir, remote = checkout(args.run_dir)  # an s3:// run: its working copy, up to date
     try:
-        result = write_report(args.run_dir, out=args.out)
+        result = write_report(run_dir, out=args.out)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from e
     print(format_report_result(result))
+    if remote is not None and args.out is None:
+        remote.upload([REPORT_DIR])
+        print(f"report uploaded to {remote.uri.child(REPORT_DIR)}/")
     return 1 if result.failed else 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, serve
+
+    port = DEFAULT_PORT if args.port is None else args.port
+    serve(args.run_dir, host=args.host or DEFAULT_HOST, port=port)
+    return 0
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage",
         default=None,
-        help="where run directories go (default: the file's storage, runs/)",
+        help="where run directories go: a folder, or s3://BUCKET/PREFIX or gs://BUCKET/PREFIX "
+        "(default: the file's storage, runs/)",
     )
     p.add_argument(
         "--name", default=None, help="run directory name (default: <experiment name>-<date>-<time>)"
@@ -268,6 +306,30 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY.PATH=VALUE",
         help="override a field of the file; repeatable",
+    )
+    _add_console_options(p)
+
+
+def _add_console_options(p: argparse.ArgumentParser) -> None:
+    """-v / -q of the verbs that run trials (search.console); default: a line per finished
+    trial and a summary."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "-v",
+        "--verbose",
+        dest="console",
+        action="store_const",
+        const="verbose",
+        default="normal",
+        help="Ray Tune's progress table every 15 s and Ray's log messages",
+    )
+    g.add_argument(
+        "-q",
+        "--quiet",
+        dest="console",
+        action="store_const",
+        const="quiet",
+        help="only errors (on stderr) and where the results are",
     )
 
 
@@ -355,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument(
         "--address", default=None, help="Ray cluster to join (default: start Ray locally)"
     )
+    _add_console_options(rs)
     rs.set_defaults(func=_cmd_resume)
 
     kf = sub.add_parser(
@@ -376,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     kf.add_argument(
         "--address", default=None, help="Ray cluster to join (default: start Ray locally)"
     )
+    _add_console_options(kf)
     kf.set_defaults(func=_cmd_kfold)
 
     ca = sub.add_parser(
@@ -425,6 +489,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report)")
     rp.set_defaults(func=_cmd_report)
 
+    db = sub.add_parser(
+        "dashboard", help="optuna-dashboard on a run's optuna.db (read-only; also while it runs)"
+    )
+    db.add_argument("run_dir")
+    db.add_argument("--port", type=int, default=None, help="port (default 8080; 0: any free one)")
+    db.add_argument(
+        "--host", default=None, help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    db.set_defaults(func=_cmd_dashboard)
+
     d = sub.add_parser(
         "demo", help="write scikit-learn's digits as an image folder and search on it"
     )
@@ -439,11 +513,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _console_level(args: argparse.Namespace):
+    """The verb's -v / -q for the duration of the verb (verbs without them: as they are)."""
+    if not hasattr(args, "console"):
+        from contextlib import nullcontext
+
+        return nullcontext()
+    from search.console import use_level
+
+    return use_level(args.console)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with _console_level(args):
+            return args.func(args)
     except (UsageError, ExperimentError) as e:
         print(f"hpsearch {args.verb}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

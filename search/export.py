@@ -97,6 +97,16 @@ def _error_text(trial_dir: Path) -> str:
     return lines[-1].strip() if lines else "error"
 
 
+def end_status(last: dict[str, Any], epochs: int | None) -> str:
+    """How a trial that ended without an exception ended, from its last report: infeasible or
+    diverged (the trainable says so), completed (it ran the experiment's `epochs`) or stopped
+    (ASHA stopped it before). trials.parquet and the Optuna study's user attributes agree."""
+    status = last.get("status")
+    if status in ("infeasible", "diverged"):
+        return status
+    return "completed" if epochs is None or last.get("epoch", 0) >= epochs else "stopped"
+
+
 def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str, pd.DataFrame]:
     """Build the four tables from a run directory. `epochs` is the experiment's budget per
     trial (to tell completed from early-stopped trials), `classes` the label names."""
@@ -127,7 +137,7 @@ def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str
         elif tune_status in ("RUNNING", "PENDING", "PAUSED"):
             status = "incomplete"
         else:
-            status = "completed" if last.get("epoch", 0) >= epochs else "stopped"
+            status = end_status(last, epochs)
 
         step = 0
         for r in results:

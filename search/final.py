@@ -7,7 +7,8 @@ in this process on every local core (or the GPU with resources.gpus > 0), from t
 start weights warmed up on train + validation when the experiment uses them. Every call
 appends one evaluation to final.parquet (with per-class precision and recall and the confusion
 matrix beside it) and saves the model's weights; `evaluation` counts the uses of the test part,
-and a second one is flagged: choosing by the test part would make it a validation part.
+and a second one is flagged: choosing by the test part would make it a validation part. For an
+s3:// or gs:// run it works in the run's working copy and uploads what it wrote.
 """
 
 from __future__ import annotations
@@ -160,9 +161,10 @@ def run_final(
     evaluation to the run directory's final tables and return it."""
     import torch
 
+    from search.remote import checkout
     from search.trainable import Trainer, first_non_finite
 
-    run_dir = Path(run_dir)
+    run_dir, remote = checkout(run_dir)  # an s3:// run: its working copy, up to date
     exp = load_run_experiment(run_dir)
     chosen, why = choose_trial(run_dir, trial_id)
     config = trial_config(run_dir, chosen)
@@ -243,6 +245,12 @@ def run_final(
     _append(run_dir, FINAL_CLASSES_FILE, "final_classes", result.classes)
     _append(run_dir, FINAL_CONFUSION_FILE, "final_confusion", result.confusion)
     _append(run_dir, FINAL_FILE, "final", coerce(pd.DataFrame([row]), "final"))
+    if remote is not None:
+        # In the same order as above: final.parquet, which marks the evaluation done, last.
+        weights = [model_file.relative_to(run_dir).as_posix()]
+        init = f"{FINAL_DIR}/init_weights.pt"
+        weights += [init] if (run_dir / init).exists() else []
+        remote.upload([*weights, FINAL_CLASSES_FILE, FINAL_CONFUSION_FILE, FINAL_FILE])
     return result
 
 

@@ -3,7 +3,8 @@ Tune trials without early stopping, and write `folds.parquet` and the paired com
 configs, `comparison.parquet` (analysis.stats).
 
 The fold trials live in their own Tune experiment, `RUN_DIR/kfold/`, so `hpsearch kfold RUN_DIR`
-run again after a crash or Ctrl-C continues it (finished folds are kept).
+run again after a crash or Ctrl-C continues it (finished folds are kept). RUN_DIR may be an
+s3:// or gs:// run: its working copy is brought up to date first and the tables uploaded after.
 """
 
 from __future__ import annotations
@@ -33,11 +34,20 @@ from rundir import (
 )
 from search.errors import ExperimentError
 from search.export import read_results, trial_config, tune_statuses
-from search.inputs import TrialData, TrialSettings, fold_init_files, for_cluster, load_data
+from search.inputs import (
+    TrialData,
+    TrialSettings,
+    fold_init_file,
+    fold_init_files,
+    for_cluster,
+    load_data,
+)
+from search.remote import checkout, is_uri, read_bytes
 from search.schema import Experiment, load_run_experiment
 from search.session import ray_session
 from search.space import config_label
 from search.tune_setup import restore_tuner, run_config, trainable, trial_dirname
+from search.validate import check_tracking
 
 
 def select_configs(
@@ -135,7 +145,7 @@ def _fold_spec(
     return spec
 
 
-def _new_tuner(exp: Experiment, run_dir: Path, fold_trainable, configs, k: int):
+def _new_tuner(exp: Experiment, run_dir: Path | str, fold_trainable, configs, k: int):
     from ray import tune
 
     return tune.Tuner(
@@ -165,10 +175,11 @@ def run_kfold(
 ) -> tuple[pd.DataFrame, bool]:
     """Re-train the chosen configs on k folds; write and return folds.parquet's table and
     whether it was interrupted."""
-    run_dir = Path(run_dir)
     if k < 2:
         raise ExperimentError(f"--k {k}: use at least 2 folds")
+    run_dir, remote = checkout(run_dir)  # an s3:// run: its working copy, up to date
     exp = load_run_experiment(run_dir)
+    check_tracking(exp)
     epochs = epochs or exp.train.epochs
     kfold_dir = run_dir / KFOLD_DIR
     spec = _fold_spec(kfold_dir, k=k, epochs=epochs, trial_ids=trial_ids)
@@ -178,6 +189,12 @@ def run_kfold(
     settings = TrialSettings.from_experiment(exp, epochs=epochs)
     data = load_data(exp, folds=k, progress=progress)
     init_files = fold_init_files(exp, data, settings, kfold_dir, k)
+    if remote is not None and init_files:
+        # Trials on other nodes read their start weights from storage, not the driver's disk.
+        names = {fold: f"{KFOLD_DIR}/{fold_init_file(fold)}" for fold in init_files}
+        remote.upload(names.values())
+        init_files = {fold: str(remote.uri.child(name)) for fold, name in names.items()}
+    tune_dir = str(remote.uri.child(KFOLD_DIR)) if remote is not None else kfold_dir
     interrupted = False
     with ray_session(address):
         shared = for_cluster(data, address)
@@ -185,18 +202,25 @@ def run_kfold(
             exp, fold_trial, data=shared, settings=settings, configs=configs, init_files=init_files
         )
         if (kfold_dir / TUNER_FILE).exists():
-            tuner = restore_tuner(kfold_dir, fold_trainable)
+            tuner = restore_tuner(tune_dir, fold_trainable)
         else:
             kfold_dir.mkdir(parents=True, exist_ok=True)
             write_json(kfold_dir / KFOLD_SPEC, {"k": k, "epochs": epochs, "configs": configs})
-            tuner = _new_tuner(exp, run_dir, fold_trainable, configs, k)
+            if remote is not None:
+                remote.upload([f"{KFOLD_DIR}/{KFOLD_SPEC}"])
+            storage = str(remote.uri) if remote is not None else run_dir
+            tuner = _new_tuner(exp, storage, fold_trainable, configs, k)
         try:
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
+    if remote is not None:
+        remote.download(KFOLD_DIR, results_only=True)
     folds = collect_folds(kfold_dir, epochs=epochs, configs=configs)
     write_parquet(folds, run_dir / FOLDS_FILE)
     write_comparison(run_dir, folds)
+    if remote is not None:
+        remote.upload([FOLDS_FILE, COMPARISON_FILE])
     interrupted = interrupted or len(folds) < 2 * k * len(configs)
     return folds, interrupted
 
@@ -232,9 +256,13 @@ def fold_trial(
 
     fold = int(config["fold"])
     if init_files:
+        import io
+
         import torch
 
-        state = torch.load(init_files[fold], map_location="cpu", weights_only=True)
+        path = init_files[fold]  # a file on the driver's disk, or in the run's object storage
+        weights = io.BytesIO(read_bytes(path)) if is_uri(path) else path
+        state = torch.load(weights, map_location="cpu", weights_only=True)
         data = dataclasses.replace(data, init_state=state)
     source = configs[config["config_id"]]
     train_trial({**source, "fold": fold}, data=data, settings=settings)

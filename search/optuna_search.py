@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from search.checkpoints import REPLAYED
+from search.dashboard import user_attrs
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +25,20 @@ logger = logging.getLogger(__name__)
 class ResumableOptunaSearch(OptunaSearch):
     """`max_epochs`: a trial that ends before it (ASHA stopped it) is told to Optuna as PRUNED,
     not COMPLETE with its early score: the study keeps its per-epoch intermediate values, and
-    TPE ranks it below the trials that went further instead of as if the score were final."""
+    TPE ranks it below the trials that went further instead of as if the score were final.
 
-    def __init__(self, *args: Any, max_epochs: int | None = None, **kwargs: Any) -> None:
+    Each Optuna trial carries hpsearch's facts as user attributes (`search.dashboard.user_attrs`:
+    status, params, MACs, node, `run_dir`), updated while it runs and set to how it ended
+    before Optuna is told, so optuna-dashboard's tables show them."""
+
+    def __init__(
+        self, *args: Any, max_epochs: int | None = None, run_dir: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._unknown_warned: set[str] = set()
         self._max_epochs = max_epochs
+        self._run_dir = run_dir
+        self._user_attrs: dict[str, dict[str, Any]] = {}  # running trials: the attributes set
 
     def _known(self, trial_id: str) -> bool:
         if trial_id in self._ot_trials or trial_id in self._completed_trials:
@@ -52,12 +61,15 @@ class ResumableOptunaSearch(OptunaSearch):
         if self._known(trial_id):
             step = result.get("epoch", result.get("training_iteration"))
             super().on_trial_result(trial_id, {**result, "training_iteration": step})
+            self._set_user_attrs(trial_id, result, ended=False)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         if not self._known(trial_id):
             return
+        if trial_id not in self._completed_trials:  # (a finished Optuna trial is read-only)
+            self._set_user_attrs(trial_id, result, ended=True, error=error)
         if not self._stopped_early(result, error):
             super().on_trial_complete(trial_id, result=result, error=error)
             return
@@ -66,6 +78,28 @@ class ResumableOptunaSearch(OptunaSearch):
         except Exception as exc:  # noqa: BLE001 - as the stock searcher: warn, go on
             logger.warning(exc)
         self._completed_trials.add(trial_id)
+
+    def _set_user_attrs(
+        self, trial_id: str, result: dict[str, Any] | None, *, ended: bool, error: bool = False
+    ) -> None:
+        # (getattr / setdefault: a searcher pickled before these fields existed, on resume)
+        cache = self.__dict__.setdefault("_user_attrs", {})
+        done = cache.pop(trial_id, {}) if ended else cache.setdefault(trial_id, {})
+        attrs = user_attrs(
+            trial_id,
+            result or done,  # Tune ends an errored trial without its last result
+            ended=ended,
+            error=error,
+            max_epochs=self._max_epochs,
+            run_dir=getattr(self, "_run_dir", None),
+        )
+        try:
+            for key, value in attrs.items():
+                if done.get(key) != value:  # one write per change, not per report
+                    self._ot_trials[trial_id].set_user_attr(key, value)
+                    done[key] = value
+        except Exception as exc:  # noqa: BLE001 - the attributes must never stop a search
+            logger.warning("trial %s: Optuna user attributes not set: %s", trial_id, exc)
 
     def _stopped_early(self, result: dict[str, Any] | None, error: bool) -> bool:
         # Infeasible and diverged trials end early too, but with the worst score on purpose.

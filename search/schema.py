@@ -9,9 +9,11 @@ field holding its typed domain (`Fixed`, `Choices`, `Range`), written back in it
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -206,6 +208,43 @@ class FailureSection(_Strict):
     max_retries: int = Field(1, ge=0)  # a crashed trial restarts from its last checkpoint
 
 
+# A tracking URI's scheme (file:, sqlite:, http:, https:, databricks, ...): a bare path would be
+# resolved against the driver's working directory, which in a Ray job is a temporary copy.
+_URI_SCHEME = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:|databricks$)")
+
+
+class TrackingSection(_Strict):
+    """Copies of every trial's per-epoch metrics for the tools practitioners already use,
+    written by those tools' own libraries (`pip install 'hpsearch[tracking]'`)."""
+
+    tensorboard: bool = False  # event files in each trial's folder: tensorboard --logdir RUN_DIR
+    mlflow: str | None = None  # tracking URI: one MLflow run per trial, experiment `name`
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not _URI_SCHEME.match(v):
+            raise ValueError(
+                f"{v!r} is not a tracking URI: give its scheme, e.g. "
+                "sqlite:////abs/path/mlflow.db, http://host:5000 or file:///abs/path/mlruns"
+            )
+        parts = urlsplit(v)
+        if parts.username or parts.password:
+            raise ValueError(
+                "the URI holds credentials, and it is written to the run's experiment.yaml: "
+                "leave them out and set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+                "(or MLFLOW_TRACKING_TOKEN) in the environment instead"
+            )
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return self.tensorboard or self.mlflow is not None
+
+
 class Experiment(_Strict):
     name: str = Field(pattern=NAME_PATTERN, max_length=200)
     data: DataSection = Field(default_factory=DataSection)
@@ -214,6 +253,7 @@ class Experiment(_Strict):
     train: TrainSection = Field(default_factory=TrainSection)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     failure: FailureSection = Field(default_factory=FailureSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
     kfold: KFoldSection | None = None
     storage: str = "runs"
 

@@ -16,6 +16,7 @@ from search.errors import ExperimentError
 TUNE_ENV_DEFAULTS = {
     # Only the JSON result logger: the per-step losses and confusion matrices are lists, which
     # the CSV and TensorBoard loggers would only mangle; result.json keeps them intact.
+    # (`tracking.tensorboard` adds a TensorBoard logger given only the epoch's scalars.)
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
     # One checkpoint per trial and epoch is the design; Tune's warning about it is noise.
@@ -30,15 +31,14 @@ def set_tune_env_defaults() -> None:
 
 
 def check_storage(storage: str) -> None:
-    """Run directories are plain files (Optuna's SQLite study, the Parquet export, Tune's
-    folders read back with pathlib): refuse a storage URI, and inside a Ray job a relative
-    path, which would land in the job's temporary copy of the working directory."""
+    """A storage URI must be s3:// or gs:// without credentials or query (search.remote: Tune
+    writes there, the driver keeps a working copy); a path inside a Ray job must be absolute,
+    else it lands in the job's temporary copy of the working directory."""
     if "://" in storage:
-        raise ExperimentError(
-            f"storage: {storage!r} is a URI, but hpsearch reads and writes its run directories "
-            "as local files. On a cluster, mount shared storage (NFS, EFS, Filestore) at the same "
-            "path on every node and pass that path, e.g. --storage /mnt/shared/runs"
-        )
+        from search.remote import parse_uri
+
+        parse_uri(storage)
+        return
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not Path(storage).is_absolute():
         raise ExperimentError(
             f"storage: {storage!r} is relative, and this run is a Ray job whose working "
@@ -78,9 +78,11 @@ def _start(address: str | None) -> bool:
 
 
 def _init(ray, address: str | None) -> None:
+    from search.console import ray_start_level
+
     if address:
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=ray_start_level())
         except ConnectionError as e:
             raise ExperimentError(
                 f"--address {address}: {e}. If the cluster uses token authentication (as "
@@ -89,8 +91,13 @@ def _init(ray, address: str | None) -> None:
             ) from None
     else:
         # Trial output is not forwarded: errors land in each trial's error.txt and in
-        # trials.parquet; the progress table is what the console shows.
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+        # trials.parquet; the progress reporter (search.console) is what the console shows.
+        ray.init(
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=ray_start_level(),
+        )
 
 
 @contextmanager
@@ -107,8 +114,11 @@ def ray_session(address: str | None = None, *, discard: Path | None = None) -> I
         if discard is not None:
             shutil.rmtree(discard, ignore_errors=True)
         raise
+    from search.console import library_logs
+
     try:
-        yield
+        with library_logs():  # Ray's and Optuna's messages as the console level asks
+            yield
     finally:
         if owns:
             import ray

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 def _kfold_after(exp: Experiment, run_dir: Path, address: str | None, progress: bool) -> None:
     kf = exp.kfold
-    print(f"\nk-fold: re-training the top {kf.top} config(s) on {kf.k} folds")
+    if progress:  # (not with -q)
+        print(f"\nk-fold: re-training the top {kf.top} config(s) on {kf.k} folds")
     kfold.run_kfold(
         run_dir, top=kf.top, k=kf.k, epochs=kf.epochs, address=address, progress=progress
     )
@@ -41,7 +42,9 @@ def resume(
     run_dir: str | Path, *, address: str | None = None, progress: bool = True
 ) -> tuple[Path, dict[str, Any], bool]:
     """Continue a stopped or crashed run (and its k-fold part, if the experiment has one)."""
-    path = Path(run_dir) / EXPERIMENT_FILE
+    from search.remote import checkout
+
+    path = checkout(run_dir)[0] / EXPERIMENT_FILE  # an s3:// run: downloaded first
     exp = load_experiment(path) if path.exists() else None
     if exp is None or exp.kfold is None:
         return tuner.resume(run_dir, address=address, progress=progress)

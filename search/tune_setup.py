@@ -68,6 +68,7 @@ def searcher(exp: Experiment, run_dir: Path):
         study_name=exp.name,
         storage=storage,
         max_epochs=exp.train.epochs,
+        run_dir=str(run_dir.resolve()),
     )
     return ConcurrencyLimiter(search, max_concurrent=max_concurrent(exp))
 
@@ -111,32 +112,60 @@ def shown_params(exp: Experiment) -> list[str]:
     return [d.key for d in DIMENSIONS.values() if d.console and in_every_config(space, d)]
 
 
-def run_config(exp: Experiment, name: str, storage: Path, *, reporter: bool = True):
-    """Tune's RunConfig: one kept checkpoint per trial, the experiment's retries, JSON results."""
+def run_config(exp: Experiment, name: str, storage: Path | str, *, reporter: bool = True):
+    """Tune's RunConfig: one kept checkpoint per trial, the experiment's retries, JSON results.
+    `storage` is a local folder or an s3:// / gs:// URI (search.remote)."""
     from ray import tune
     from ray.tune import CLIReporter
     from ray.tune.logger import JsonLoggerCallback
 
-    progress = None
+    from search.console_tune import ConsoleReporter
+    from search.remote import tune_storage
+    from search.remote_tune import keep_credentials_out_of_ray, storage_callbacks
+    from search.tracking import tracking_callbacks
+
+    keep_credentials_out_of_ray()
+
+    table = CLIReporter()  # (what Tune shows without a reporter of its own)
     if reporter:
-        progress = CLIReporter(
+        table = CLIReporter(
             metric_columns=SHOWN_METRICS,
             parameter_columns=shown_params(exp),
             max_report_frequency=15,
             sort_by_metric=True,
         )
+    # Tune's table with -v; else a line per finished trial and a summary (search.console).
+    progress = ConsoleReporter(
+        table,
+        metric=exp.search.metric,
+        mode=exp.search.mode,
+        epochs=exp.train.epochs if reporter else None,  # (k-fold trials are never stopped early)
+    )
     return tune.RunConfig(
         name=name,
-        storage_path=str(storage.resolve()),
+        **tune_storage(storage),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=exp.failure.max_retries),
         progress_reporter=progress,
-        callbacks=[JsonLoggerCallback()],
+        callbacks=[
+            *storage_callbacks(storage, name),  # before the logger: see search.remote_tune
+            JsonLoggerCallback(),
+            *tracking_callbacks(exp, name, storage),
+        ],
         verbose=1,
     )
 
 
-def new_tuner(exp: Experiment, run_dir: Path, data: TrialData, settings: TrialSettings):
+def new_tuner(
+    exp: Experiment,
+    run_dir: Path,
+    data: TrialData,
+    settings: TrialSettings,
+    *,
+    storage: str | None = None,
+):
+    """`run_dir` holds the study (optuna.db); Tune's experiment goes to `storage`/<its name>
+    (default: `run_dir` itself; a URI for a run in object storage, `run_dir` its working copy)."""
     from ray import tune
 
     return tune.Tuner(
@@ -151,16 +180,21 @@ def new_tuner(exp: Experiment, run_dir: Path, data: TrialData, settings: TrialSe
             trial_name_creator=trial_dirname,
             trial_dirname_creator=trial_dirname,
         ),
-        run_config=run_config(exp, run_dir.name, run_dir.parent),
+        run_config=run_config(exp, run_dir.name, storage or run_dir.parent),
     )
 
 
-def restore_tuner(path: Path, trainable_fn: Any, *, restart_errored: bool = False):
-    """Tune's experiment at `path`, continuing unfinished trials from their checkpoints."""
+def restore_tuner(path: Path | str, trainable_fn: Any, *, restart_errored: bool = False):
+    """Tune's experiment at `path` (a folder or a URI), continuing unfinished trials from their
+    checkpoints."""
     from ray import tune
 
+    from search.remote import tune_restore
+    from search.remote_tune import keep_credentials_out_of_ray
+
+    keep_credentials_out_of_ray()
     return tune.Tuner.restore(
-        str(path.resolve()),
+        **tune_restore(path),
         trainable=trainable_fn,
         resume_unfinished=True,
         resume_errored=not restart_errored,

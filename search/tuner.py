@@ -4,23 +4,36 @@ ConcurrencyLimiter, ASHA) → the Parquet tables of the run directory, then k-fo
 The run directory `<storage>/<name>/` is Ray Tune's experiment folder; hpsearch adds
 `experiment.yaml` (resolved), `versions.json`, `optuna.db` (the Optuna study, readable with
 `optuna.load_study` or optuna-dashboard) and the Parquet tables (`rundir` owns their names).
+With `storage: s3://...` (or gs://) Tune's folder is in object storage and the driver works in
+a local working copy of the run folder, which it uploads at every export (`search.remote`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-from rundir import EXPERIMENT_FILE, TUNER_FILE, VERSIONS_FILE, check_name, write_text
+from rundir import (
+    EXPERIMENT_FILE,
+    INIT_FILE,
+    OPTUNA_DB,
+    TUNER_FILE,
+    VERSIONS_FILE,
+    check_name,
+    table_file,
+    write_text,
+)
 from search.errors import ExperimentError
 from search.export import export_run, library_versions
 from search.inputs import TrialData, TrialSettings, for_cluster, load_data, with_init_state
+from search.remote import RemoteRun, checkout, is_uri, open_run, parse_uri
 from search.schema import Experiment, load_run_experiment
 from search.session import ray_session
 from search.tune_setup import new_tuner, restore_tuner, search_trainable
-from search.validate import check_experiment
+from search.validate import check_experiment, check_tracking
 
 
 def default_run_name(exp: Experiment) -> str:
@@ -37,12 +50,23 @@ def prepare_run(
             check_name(name, "--name")
         except ValueError as e:
             raise ExperimentError(str(e)) from None
-    run_dir = Path(exp.storage) / (name or default_run_name(exp))
-    if run_dir.exists():
-        raise ExperimentError(
-            f"run directory {run_dir} already exists: continue it with `hpsearch resume {run_dir}` "
-            "or choose another --name"
-        )
+    name = name or default_run_name(exp)
+    if is_uri(exp.storage):
+        remote = RemoteRun.open(parse_uri(exp.storage).child(name))
+        if remote.exists():
+            raise ExperimentError(
+                f"run {remote.uri} already exists: continue it with `hpsearch resume "
+                f"{remote.uri}` or choose another --name"
+            )
+        run_dir = remote.local
+        shutil.rmtree(run_dir, ignore_errors=True)  # left by an attempt that stored nothing
+    else:
+        run_dir = Path(exp.storage) / name
+        if run_dir.exists():
+            raise ExperimentError(
+                f"run directory {run_dir} already exists: continue it with `hpsearch resume "
+                f"{run_dir}` or choose another --name"
+            )
     data = load_data(exp, progress=progress)
     run_dir.mkdir(parents=True)
     write_text(run_dir / EXPERIMENT_FILE, exp.to_yaml())
@@ -50,13 +74,19 @@ def prepare_run(
     return run_dir, data
 
 
-def _fit_and_export(tuner, exp: Experiment, run_dir: Path, data: TrialData):
+def _fit_and_export(
+    tuner, exp: Experiment, run_dir: Path, data: TrialData, remote: RemoteRun | None = None
+):
     interrupted = False
     try:
         tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
+    if remote is not None:  # the export reads the trials' results from the working copy
+        remote.download(results_only=True)
     tables = export_run(run_dir, epochs=exp.train.epochs, classes=list(data.classes))
+    if remote is not None:
+        remote.upload([*(table_file(t) for t in tables), OPTUNA_DB])
     if interrupted or (tables["trials"]["status"].isin(["incomplete", "pending"]).any()):
         interrupted = True
     return tables, interrupted
@@ -68,11 +98,17 @@ def run(
     """Run a whole search (not the k-fold that may follow it: `search.study.run` chains both).
     Returns (run_dir, tables, interrupted)."""
     run_dir, data = prepare_run(exp, name=name, progress=progress)
+    remote = open_run(run_dir)  # the run in object storage whose working copy run_dir is
     settings = TrialSettings.from_experiment(exp)
     data = with_init_state(exp, data, settings, run_dir)
     with ray_session(address, discard=run_dir):
-        tuner = new_tuner(exp, run_dir, for_cluster(data, address), settings)
-        tables, interrupted = _fit_and_export(tuner, exp, run_dir, data)
+        storage = None
+        if remote is not None:  # stored once Ray is up, so a run that never started leaves none
+            print(f"run {remote.uri}: working copy {run_dir}")
+            remote.upload([EXPERIMENT_FILE, VERSIONS_FILE, INIT_FILE])
+            storage = str(remote.uri.parent)
+        tuner = new_tuner(exp, run_dir, for_cluster(data, address), settings, storage=storage)
+        tables, interrupted = _fit_and_export(tuner, exp, run_dir, data, remote)
     return run_dir, tables, interrupted
 
 
@@ -80,24 +116,33 @@ def resume(
     run_dir: str | Path, *, address: str | None = None, progress: bool = True
 ) -> tuple[Path, dict[str, Any], bool]:
     """Continue a stopped or crashed run: finished trials are kept, unfinished ones continue
-    from their last checkpoint, and the search completes its trial budget."""
-    run_dir = Path(run_dir)
+    from their last checkpoint, and the search completes its trial budget. `run_dir` may be
+    an s3:// or gs:// URI (or its working copy): Tune restores from there, the driver's files
+    are downloaded into the working copy first."""
+    run_dir, remote = checkout(run_dir)
+    shown = remote.uri if remote is not None else run_dir
     if not (run_dir / EXPERIMENT_FILE).exists() or not (run_dir / TUNER_FILE).exists():
         raise ExperimentError(
-            f"{run_dir} is not a run directory of hpsearch (no {EXPERIMENT_FILE} / {TUNER_FILE})"
+            f"{shown} is not a run directory of hpsearch (no {EXPERIMENT_FILE} / {TUNER_FILE})"
         )
     exp = load_run_experiment(run_dir)
+    check_tracking(exp)  # the restored callbacks open their writers as the run continues
     settings = TrialSettings.from_experiment(exp)
+    had_init = (run_dir / INIT_FILE).exists()
     data = with_init_state(exp, load_data(exp, progress=progress), settings, run_dir)
+    tune_dir = str(remote.uri) if remote is not None else run_dir
     with ray_session(address):
+        if remote is not None and not had_init and (run_dir / INIT_FILE).exists():
+            remote.upload([INIT_FILE])  # warmed up here (same_init): the next resume reuses it
         trainable = search_trainable(exp, for_cluster(data, address), settings)
-        tables, interrupted = _fit_and_export(restore_tuner(run_dir, trainable), exp, run_dir, data)
+        tuner = restore_tuner(tune_dir, trainable)
+        tables, interrupted = _fit_and_export(tuner, exp, run_dir, data, remote)
         if not interrupted and _lost_checkpoints(tables):
             # Tune deletes a trial's older checkpoint before its state snapshot points at the
             # newer one; a crash in between leaves the snapshot naming a deleted checkpoint.
             # Those trials cannot continue, so they start again from scratch.
-            tuner = restore_tuner(run_dir, trainable, restart_errored=True)
-            tables, interrupted = _fit_and_export(tuner, exp, run_dir, data)
+            tuner = restore_tuner(tune_dir, trainable, restart_errored=True)
+            tables, interrupted = _fit_and_export(tuner, exp, run_dir, data, remote)
     return run_dir, tables, interrupted
 
 

@@ -16,11 +16,22 @@ if TYPE_CHECKING:
 def check_experiment(exp: Experiment) -> list[str]:
     """Raise ExperimentError for a storage or space that cannot run, or for pretrained weights
     that are not on this machine; return the reasons of the architecture combinations that are
-    infeasible (those trials end at once)."""
+    infeasible (those trials end at once). Also raises for a `tracking:` library that is not
+    installed."""
     check_storage(exp.storage)
     check_weights(exp)
+    check_tracking(exp)
     # The class count only sizes the classifier: feasibility depends on the feature maps.
     return check_space(exp.search.space, image_size=exp.data.image_size, num_classes=2)
+
+
+def check_tracking(exp: Experiment) -> None:
+    """The libraries the `tracking:` section asks for are installed (else ExperimentError with
+    the command that installs them)."""
+    if exp.tracking.enabled:  # (search.tracking imports Ray Tune)
+        from search.tracking import check_tracking as check
+
+        check(exp.tracking)
 
 
 def _values(domain) -> list:
@@ -62,6 +73,13 @@ def format_validation(exp: Experiment, source: str, skipped: list[str]) -> str:
         f"  scheduler {exp.scheduler.type}, {exp.train.epochs} epochs, "
         f"image size {exp.data.image_size} px",
     ]
+    if exp.tracking.tensorboard:
+        lines.append("  tracking: TensorBoard event files per trial (tensorboard --logdir RUN_DIR)")
+    if exp.tracking.mlflow is not None:
+        lines.append(
+            f"  tracking: one MLflow run per trial at {exp.tracking.mlflow}, "
+            f"experiment {exp.name!r}"
+        )
     if skipped:
         lines.append(
             f"  {len(skipped)} architecture combination(s) are infeasible and will end at once:"

@@ -68,7 +68,44 @@ def test_ray_image_matches_the_pinned_ray(config):
         assert image.startswith(f"rayproject/ray:{ray_pin}-py311"), image
 
 
-def test_results_go_to_shared_storage(config):
-    # Every node mounts the same storage; runs are started with --storage /mnt/shared/runs.
-    assert any("/mnt/shared" in c and "mount" in c for c in config["initialization_commands"])
-    assert "-v /mnt/shared:/mnt/shared" in config["docker"]["run_options"]
+def test_results_go_to_s3_with_each_node_types_own_role(config):
+    # Runs are started with --storage s3://BUCKET/runs: every node writes there with its instance
+    # role (no keys on any machine), and no shared filesystem is mounted.
+    arns = {
+        name: t["node_config"]["IamInstanceProfile"]["Arn"]
+        for name, t in config["available_node_types"].items()
+    }
+    assert len(set(arns.values())) == 2  # the workers' role cannot launch instances
+    assert all(arn.startswith("REPLACE_") for arn in arns.values())
+    assert not config["initialization_commands"]
+    assert not any("/mnt/shared" in option for option in config["docker"]["run_options"])
+    assert "--storage s3://BUCKET/runs" in CLUSTER_YAML.read_text()
+
+
+def _nfs_variant(text: str) -> str:
+    """cluster.yaml edited as its comments say for NFS instead of S3."""
+    lines = []
+    for line in text.splitlines():
+        if "IamInstanceProfile:" in line:
+            continue  # "delete both IamInstanceProfile entries"
+        if line == "initialization_commands: []":
+            line = "initialization_commands:"
+        elif line.startswith("#  - ") and "/mnt/shared" in line:
+            line = line[1:]
+        elif line.strip() == "# NFS instead of S3: - -v /mnt/shared:/mnt/shared":
+            line = "    - -v /mnt/shared:/mnt/shared"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def test_nfs_is_the_documented_alternative_and_valid():
+    pytest.importorskip("jsonschema")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    nfs = yaml.safe_load(_nfs_variant(CLUSTER_YAML.read_text()))
+    validate_config(prepare_config(nfs))
+    (mount,) = [c for c in nfs["initialization_commands"] if "mount -t nfs4" in c]
+    assert "REPLACE_NFS_SERVER:/ /mnt/shared" in mount
+    assert "-v /mnt/shared:/mnt/shared" in nfs["docker"]["run_options"]
+    for name, node_type in nfs["available_node_types"].items():
+        assert "IamInstanceProfile" not in node_type["node_config"], name
