@@ -8,7 +8,8 @@ than the trial had persisted, one Tune has since deleted (one is kept per trial)
 restarted trial therefore continues from the newest checkpoint in its own folder that loads, and
 reports its epochs again, marked `replayed`, so that the epochs the result file lacks are there
 and Tune, the scheduler and the searcher know where it stands (the export keeps an epoch's first
-report over a replayed one)."""
+report over a replayed one). Before `resume`, a checkpoint the snapshot names but Tune deleted
+is put back as a copy of the trial's newest one (Tune would otherwise refuse to restore it)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 STATE_FILE = "state.pt"
@@ -27,8 +29,7 @@ REPLAYED = "replayed"  # set on a report a restarted trial sends again from its 
 @dataclass(frozen=True)
 class Restored:
     state: dict[str, Any]  # model, optimizer, epoch (0-based) as saved
-    reports: list[dict[str, Any]]  # the trial's reports up to that epoch
-    replay: bool  # send them again: Tune's snapshot had not seen this checkpoint
+    reports: list[dict[str, Any]]  # the trial's reports up to that epoch, to send again
 
 
 def report_with_checkpoint(
@@ -112,5 +113,43 @@ def restore(device: str) -> Restored | None:
                         reports = json.load(f)
         except Exception:  # noqa: BLE001 (a folder cut by a crash: try the next older one)
             continue
-        return Restored(state=state, reports=reports, replay=path != known_path)
+        return Restored(state=state, reports=reports)
     return None
+
+
+def repair_lost_checkpoints(run_dir: Path) -> list[str]:
+    """Put back each checkpoint that Tune's newest snapshot in `run_dir` (a local folder) names
+    but that is gone (Tune deletes a trial's older checkpoint before its next snapshot names the
+    newer one), as a copy of the trial's newest checkpoint; the trial then goes on from there.
+    Returns the trials repaired. Reads Tune's pickled checkpoint bookkeeping: a state it cannot
+    read is left alone (`resume` then restarts such a trial from scratch)."""
+    import glob
+    import shutil
+
+    import pyarrow.fs as pafs
+    from ray import cloudpickle
+
+    from rundir import TUNE_STATE_GLOB
+
+    states = sorted(glob.glob(str(Path(run_dir) / TUNE_STATE_GLOB)))
+    repaired: list[str] = []
+    try:
+        trials = json.loads(Path(states[-1]).read_text())["trial_data"] if states else []
+    except (OSError, ValueError, KeyError):
+        return repaired
+    for trial_json, meta_json in trials:
+        try:
+            trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+            meta = json.loads(meta_json) if isinstance(meta_json, str) else meta_json
+            manager = cloudpickle.loads(bytes.fromhex(meta["checkpoint_manager"]["value"]))
+            latest = manager.latest_checkpoint_result
+            named = latest.checkpoint.path if latest is not None else None
+        except Exception:  # noqa: BLE001 (another Ray's format: nothing to repair here)
+            continue
+        if named is None or os.path.exists(named):
+            continue
+        newest = _candidates(pafs.LocalFileSystem(), os.path.dirname(named.rstrip("/")))
+        if newest:
+            shutil.copytree(newest[0], named)
+            repaired.append(str(trial.get("trial_id")))
+    return repaired

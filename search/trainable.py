@@ -428,9 +428,9 @@ def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSetting
         trainer.model.load_state_dict(restored.state["model"])
         trainer.optimizer.load_state_dict(restored.state["optimizer"])
         start_epoch, reports = restored.state["epoch"] + 1, restored.reports
-        if restored.replay:  # epochs Tune's snapshot (and the result file) had not seen
-            for report in replayed(reports):
-                tune.report(report)
+        # Again, marked: the result file may lack the epochs since Tune's last snapshot.
+        for report in replayed(reports):
+            tune.report(report)
         del restored  # a second copy of the weights, on the trial's device
 
     epochs = settings.epochs

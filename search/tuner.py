@@ -26,6 +26,7 @@ from rundir import (
     table_file,
     write_text,
 )
+from search.checkpoints import repair_lost_checkpoints
 from search.errors import ExperimentError
 from search.export import export_run, library_versions
 from search.inputs import TrialData, TrialSettings, for_cluster, load_data, with_init_state
@@ -135,6 +136,13 @@ def resume(
         if remote is not None and not had_init and (run_dir / INIT_FILE).exists():
             remote.upload([INIT_FILE])  # warmed up here (same_init): the next resume reuses it
         trainable = search_trainable(exp, for_cluster(data, address), settings)
+        if remote is None:
+            repaired = repair_lost_checkpoints(run_dir)
+            if repaired and progress:
+                print(
+                    f"resume: {len(repaired)} trial(s) go on from their newest checkpoint, "
+                    "which Tune's last snapshot did not name yet"
+                )
         tuner = restore_tuner(tune_dir, trainable)
         tables, interrupted = _fit_and_export(tuner, exp, run_dir, data, remote)
         if not interrupted and _lost_checkpoints(tables):

@@ -12,7 +12,7 @@ import torch
 from ray import tune
 
 from search import checkpoints
-from search.checkpoints import REPLAYED, replayed, restore
+from search.checkpoints import REPLAYED, repair_lost_checkpoints, replayed, restore
 from search.export import read_results
 
 
@@ -46,7 +46,7 @@ def test_tunes_own_checkpoint_when_it_is_the_newest(trial):
     _save(trial.path, 0, 1)
     trial.known(_save(trial.path, 1, 2))
     got = restore("cpu")
-    assert got.state["epoch"] == 1 and not got.replay  # nothing to tell Tune again
+    assert got.state["epoch"] == 1
     assert [r["epoch"] for r in got.reports] == [1, 2]  # the history the trial goes on with
 
 
@@ -56,7 +56,7 @@ def test_a_newer_checkpoint_than_tunes_snapshot_wins_and_is_replayed(trial):
     _save(trial.path, 2, 3)
     got = restore("cpu")
     assert got.state["epoch"] == 2 and torch.equal(got.state["model"]["w"], torch.full((2,), 3.0))
-    assert got.replay and [r["epoch"] for r in got.reports] == [1, 2, 3]
+    assert [r["epoch"] for r in got.reports] == [1, 2, 3]  # to send again, marked
     assert replayed(got.reports)[-1] == {"epoch": 3, "val_accuracy": 0.3, REPLAYED: True}
 
 
@@ -72,7 +72,7 @@ def test_a_deleted_snapshot_checkpoint_falls_back_to_what_is_on_disk(trial):
     trial.known(trial.path / "checkpoint_000000")  # Tune deleted it after a newer one
     _save(trial.path, 1, 2)
     got = restore("cpu")
-    assert got.replay and got.state["epoch"] == 1
+    assert got.state["epoch"] == 1
 
 
 def test_a_checkpoint_cut_by_a_crash_falls_back_to_the_one_before(trial):
@@ -80,7 +80,7 @@ def test_a_checkpoint_cut_by_a_crash_falls_back_to_the_one_before(trial):
     cut = _save(trial.path, 1, 2)
     (cut / "state.pt").write_bytes((cut / "state.pt").read_bytes()[:20])
     got = restore("cpu")
-    assert got.state["epoch"] == 0 and not got.replay
+    assert got.state["epoch"] == 0
     (trial.path / "checkpoint_000002").mkdir()  # copied without its report yet
     assert restore("cpu").state["epoch"] == 0
 
@@ -110,3 +110,25 @@ def test_the_export_keeps_an_epochs_first_report_over_its_replay(tmp_path):
         (2, 9),
         (3, 10),
     ]
+
+
+def test_a_checkpoint_the_snapshot_names_but_tune_deleted_is_put_back(tmp_path):
+    """Tune deletes a trial's older checkpoint before its next snapshot names the newer one;
+    resume would then refuse the trial. The named folder comes back as the newest's copy."""
+    from ray import cloudpickle
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+
+    run = tmp_path / "run"
+    trial = run / "trial_a"
+    named = trial / "checkpoint_000001"
+    manager = _CheckpointManager(tune.CheckpointConfig(num_to_keep=1))
+    manager.register_checkpoint(_TrainingResult(tune.Checkpoint(str(named)), {"epoch": 2}))
+    meta = {"checkpoint_manager": {"value": cloudpickle.dumps(manager).hex()}}
+    state = {"trial_data": [[json.dumps({"trial_id": "a"}), json.dumps(meta)]]}
+    (run).mkdir()
+    (run / "experiment_state-2026-12-02_00-00-00.json").write_text(json.dumps(state))
+    newest = _save(trial, 3, 4)
+    assert repair_lost_checkpoints(run) == ["a"]
+    assert (named / "state.pt").read_bytes() == (newest / "state.pt").read_bytes()
+    assert repair_lost_checkpoints(run) == []  # there now: nothing to do
