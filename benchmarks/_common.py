@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from benchmarks.bench_data import _cpu_model
-from data_pipeline.cache import default_workers
+from hpsearch.data_pipeline.cache import default_workers
 
 # The small model both sides of bench_search and the packed trials of bench_gpu train:
 # FlatAlexNet width 0.25, one hidden layer of 64, SGD with the learning rate searched.
@@ -54,7 +54,7 @@ def verdict(ratio: float, target: float, *, at_most: bool = False) -> str:
 
 def experiment(name: str, folder: Path, work: Path, **sections: dict[str, Any]):
     """A validated Experiment whose cache and run directories live under `work`."""
-    from search.schema import Experiment
+    from hpsearch.search.experiment.schema import Experiment
 
     doc: dict[str, Any] = {
         "name": name,
@@ -73,7 +73,7 @@ def experiment(name: str, folder: Path, work: Path, **sections: dict[str, Any]):
 @contextlib.contextmanager
 def local_ray() -> Iterator[None]:
     """Use the Ray instance already running in this process, or start (and stop) one."""
-    from search.session import ray_session
+    from hpsearch.search.driver.session import ray_session
 
     with ray_session(None):
         yield
@@ -83,8 +83,8 @@ def trial_data(images, labels, train_idx, val_idx, classes: int):
     """Hand-made TrialData for a benchmark that times the Trainer on arrays of its own."""
     import numpy as np
 
-    from search.images import ImageSource
-    from search.inputs import TrialData
+    from hpsearch.search.trial.images import ImageSource
+    from hpsearch.search.trial.inputs import TrialData
 
     return TrialData(
         source=ImageSource(images),
@@ -100,7 +100,7 @@ def trial_data(images, labels, train_idx, val_idx, classes: int):
 
 def trial_settings(**fields: Any):
     """TrialSettings for timing the Trainer outside a search (`fields` override)."""
-    from search.inputs import TrialSettings
+    from hpsearch.search.trial.inputs import TrialSettings
 
     base = dict(
         epochs=1, batch_size=64, eval_batch_size=64, precision="auto", seed=0, augment=False,

@@ -45,8 +45,8 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from data_pipeline import Batches, default_cache_root, prepare
-from data_pipeline.cache import default_workers
+from hpsearch.data_pipeline import Batches, default_cache_root, prepare
+from hpsearch.data_pipeline.cache import default_workers
 
 EPOCH_TARGET = 100.0
 BUILD_TARGET = 1.8

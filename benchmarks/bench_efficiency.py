@@ -83,7 +83,7 @@ import pandas as pd
 
 from benchmarks._common import header, load_average, local_ray, verdict
 from benchmarks.bench_data import generate
-from data_pipeline import default_cache_root
+from hpsearch.data_pipeline import default_cache_root
 
 TARGET = 1 / 3
 SIDES = {
@@ -101,7 +101,7 @@ MORE_TRIALS = 3  # TPE + ASHA may try this many times as many configs: ASHA free
 @contextlib.contextmanager
 def stock_completion(on: bool):
     """Ray's stock OptunaSearch behaviour for one side: no trial is told PRUNED."""
-    from search.optuna_search import ResumableOptunaSearch
+    from hpsearch.search.driver.searcher import ResumableOptunaSearch
 
     if not on:
         yield
@@ -143,9 +143,9 @@ def summarize(rows: list[dict]) -> tuple[float, bool]:
 
 
 def main(argv: list[str]) -> None:
-    from search.demo import DEMO_EXPERIMENT, write_digits
-    from search.schema import load_experiment
-    from search.tuner import run
+    from hpsearch.search.driver.demo import DEMO_EXPERIMENT, write_digits
+    from hpsearch.search.experiment.schema import load_experiment
+    from hpsearch.search.driver.tuner import run
 
     p = argparse.ArgumentParser(
         prog="bench_efficiency",

@@ -72,9 +72,9 @@ def peak_tflops(name: str) -> float | None:
 
 def throughput(*, size: int, batch: int, images: int, arch: str) -> tuple[float, str, int]:
     """(training images/s, precision, MACs per image) of the trial's Trainer on the GPU."""
-    from models import count_macs
-    from search.space import model_config
-    from search.trainable import Trainer
+    from hpsearch.models import count_macs
+    from hpsearch.search.experiment.space import model_config
+    from hpsearch.search.trial.trainable import Trainer
 
     rng = np.random.default_rng(0)
     data = trial_data(
@@ -111,8 +111,8 @@ def packed_search(
     name: str | None = None,
 ) -> tuple[float, dict]:
     """(wall seconds, the run's tables) of a small search, the cache built before the clock."""
-    from search.inputs import load_data
-    from search.tuner import run
+    from hpsearch.search.trial.inputs import load_data
+    from hpsearch.search.driver.tuner import run
 
     name = name or f"packed-{int(round(1 / gpus))}"
     exp = experiment(
@@ -159,7 +159,7 @@ def main(argv: list[str]) -> None:
         )
         return
     from benchmarks.bench_data import generate
-    from data_pipeline.cache import default_workers
+    from hpsearch.data_pipeline.cache import default_workers
 
     size, batch, images = (64, 16, 64) if args.smoke else (227, 256, 2560)
     trials, epochs = (2, 1) if args.smoke else (8, 3)

@@ -65,7 +65,7 @@ import yaml
 
 from benchmarks._common import header, load_average, local_ray, verdict
 from benchmarks.bench_data import generate
-from data_pipeline import default_cache_root
+from hpsearch.data_pipeline import default_cache_root
 
 SHM_TARGET = 0.25  # of the cache's size
 START_TARGET_S = 15.0
@@ -126,7 +126,7 @@ def run_side(folder: Path, work: Path, size: int, cache_root: Path, trials: int)
     path = work / "memory.yaml"
     path.write_text(yaml.safe_dump(exp))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cli = [sys.executable, "-m", "search.cli"]
+    cli = [sys.executable, "-m", "hpsearch"]
     with PeakSampler() as shm:
         start = time.time()
         proc = hpsearch([*cli, "run", str(path), "--name", "mem"], env=env)
@@ -196,7 +196,7 @@ def main(argv: list[str]) -> None:
             "of FlatAlexNet width 0.25 at once, 1 CPU each",
             smoke=args.smoke,
         )
-        cli = [sys.executable, "-m", "search.cli"]
+        cli = [sys.executable, "-m", "hpsearch"]
         prep = hpsearch(
             [*cli, "prepare", str(folder), "--image-size", str(size), "--cache", str(cache_root)],
             env=dict(os.environ),

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from benchmarks._common import experiment, header, load_average, local_ray, verdict
 from benchmarks.bench_data import generate
-from data_pipeline import default_cache_root
+from hpsearch.data_pipeline import default_cache_root
 
 TARGET = 0.10
 CONFIG = {"arch": "FlatAlexNet", "width": 0.5, "mlp_layers": 1, "mlp_width": 128}
@@ -56,9 +56,9 @@ def epoch_seconds(exp, data) -> float:
     """One training + validation epoch of the fixed config, timed here with 1 thread."""
     import torch
 
-    from search.inputs import TrialSettings
-    from search.space import model_config
-    from search.trainable import Trainer
+    from hpsearch.search.trial.inputs import TrialSettings
+    from hpsearch.search.experiment.space import model_config
+    from hpsearch.search.trial.trainable import Trainer
 
     threads = torch.get_num_threads()
     config = {**CONFIG, "mlp": "128", "optimizer": "sgd", "lr": 0.01, "momentum": 0.9}
@@ -80,9 +80,9 @@ def epoch_seconds(exp, data) -> float:
 
 
 def main(argv: list[str]) -> None:
-    from search.demo import write_digits
-    from search.inputs import load_data
-    from search.tuner import run
+    from hpsearch.search.driver.demo import write_digits
+    from hpsearch.search.trial.inputs import load_data
+    from hpsearch.search.driver.tuner import run
 
     p = argparse.ArgumentParser(
         prog="bench_overhead",

@@ -53,8 +53,8 @@ from pathlib import Path
 
 from benchmarks._common import header, load_average, verdict
 from benchmarks.bench_data import generate
-from data_pipeline import default_cache_root
-from data_pipeline.cache import default_workers
+from hpsearch.data_pipeline import default_cache_root
+from hpsearch.data_pipeline.cache import default_workers
 
 SMALL_TARGET = 1.5
 SEED_TARGET_PER_CORE = 0.9
@@ -88,7 +88,7 @@ print(len(paths), "images")
 def hpsearch_command() -> list[str]:
     """The console script next to this Python (what `make install` puts there), else -m."""
     script = Path(sys.executable).with_name("hpsearch")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "search.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "hpsearch"]
 
 
 def drop_page_cache() -> str | None:
@@ -122,8 +122,8 @@ def _imports() -> str:
     """What `hpsearch prepare` imports before it starts working, and how long that takes."""
     code = (
         "import sys, time; t = time.perf_counter()\n"
-        "import search.cli\n"
-        "from data_pipeline import DatasetError, format_summary, prepare\n"
+        "import hpsearch.search.cli\n"
+        "from hpsearch.data_pipeline import DatasetError, format_summary, prepare\n"
         "t = time.perf_counter() - t\n"
         "heavy = [m for m in ('torch', 'torchvision', 'sklearn', 'scipy', 'pandas', 'pyarrow')"
         " if m in sys.modules]\n"

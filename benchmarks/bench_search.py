@@ -55,8 +55,8 @@ from typing import Any
 
 from benchmarks._common import SMALL_SPACE, experiment, header, load_average, local_ray, verdict
 from benchmarks.bench_data import generate
-from data_pipeline import default_cache_root
-from data_pipeline.cache import default_workers
+from hpsearch.data_pipeline import default_cache_root
+from hpsearch.data_pipeline.cache import default_workers
 
 TARGET = 3.0
 BASELINE_DONE = "baseline trained trials x epochs:"
@@ -76,9 +76,9 @@ def tutorial_trial(config: dict[str, Any], *, data_dir: str, settings: dict[str,
     from torch.utils.data import DataLoader, random_split
     from torchvision import datasets, transforms
 
-    from models import ConvNet
-    from search.space import model_config
-    from search.trainable import make_optimizer
+    from hpsearch.models import ConvNet
+    from hpsearch.search.experiment.space import model_config
+    from hpsearch.search.trial.trainable import make_optimizer
 
     torch.set_num_threads(settings["cpus"])
     size = settings["image_size"]
@@ -147,7 +147,7 @@ def run_baseline(
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from search.space import encode_layers
+    from hpsearch.search.experiment.space import encode_layers
 
     settings = {
         "image_size": size,
@@ -216,7 +216,7 @@ def run_hpsearch_in_process(
     src: Path, work: Path, *, trials: int, epochs: int, size: int, parts=(0.1, 0.1)
 ):
     """hpsearch's search in this process (the smoke run); returns (wall s, epochs table)."""
-    from search.tuner import run
+    from hpsearch.search.driver.tuner import run
 
     exp = hpsearch_experiment(src, work, trials=trials, epochs=epochs, size=size, parts=parts)
     start = time.perf_counter()
@@ -252,7 +252,7 @@ def pair(src: Path, work: Path, i: int, *, trials: int, epochs: int, size: int) 
     exp_file = side_dir / "search.yaml"
     side_dir.mkdir(parents=True)
     exp_file.write_text(yaml.safe_dump(exp.model_dump(mode="json")))
-    hp_cmd = [sys.executable, "-m", "search.cli", "run", str(exp_file), "--name", "hpsearch"]
+    hp_cmd = [sys.executable, "-m", "hpsearch", "run", str(exp_file), "--name", "hpsearch"]
     base_cmd = [
         sys.executable, "-m", "benchmarks.bench_search", "--baseline-side", "--src", str(src),
         "--work", str(side_dir / "baseline"), "--trials", str(trials), "--epochs", str(epochs),

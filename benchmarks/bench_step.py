@@ -49,10 +49,10 @@ import numpy as np
 import torch
 
 from benchmarks._common import header, load_average, trial_data, trial_settings, verdict
-from data_pipeline.cache import default_workers
+from hpsearch.data_pipeline.cache import default_workers
 
 if TYPE_CHECKING:
-    from search.inputs import TrialData
+    from hpsearch.search.trial.inputs import TrialData
 
 TARGET = 2.0
 
@@ -85,8 +85,8 @@ def measure(
     """`plain`: contiguous (NCHW) memory whatever hpsearch would choose: the fp32 eager row."""
     from unittest import mock
 
-    from search import trainable
-    from search.space import model_config
+    from hpsearch.search.trial import trainable
+    from hpsearch.search.experiment.space import model_config
 
     n_train = len(data.train_idx)
     config = {

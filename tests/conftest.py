@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from search.session import set_tune_env_defaults
+from hpsearch.search.driver.session import set_tune_env_defaults
 
 # The environment hpsearch's own Ray session sets, for tests that drive Tune directly.
 set_tune_env_defaults()

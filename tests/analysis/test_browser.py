@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from analysis import load_run, write_report
-from analysis.report import ANSWER_TITLE
+from hpsearch.analysis import load_run, write_report
+from hpsearch.analysis.report import ANSWER_TITLE
 
 # (the Makefile's `browser` step looks for the same names before it installs chromium)
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis import (
+from hpsearch.analysis import (
     MissingDataError,
     confused_pairs,
     confusion_matrix,

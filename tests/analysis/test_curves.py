@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from analysis import (
+from hpsearch.analysis import (
     MissingDataError,
     plot_accuracy_curves,
     plot_architecture_comparison,

@@ -4,7 +4,7 @@ import pytest
 from matplotlib import cbook
 from matplotlib.patches import PathPatch
 
-from analysis import MissingDataError, box_stats, kfold_summary, plot_kfold
+from hpsearch.analysis import MissingDataError, box_stats, kfold_summary, plot_kfold
 
 
 def test_summary_matches_matplotlib_boxplot(tables):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import format_report_result, write_report
+from hpsearch.analysis import format_report_result, write_report
 
 EVERY_PLOT = {
     "search_progress.png",
@@ -130,7 +130,7 @@ def _answer_run(make_run_dir) -> Path:
 
 
 def test_report_starts_with_which_cnn_to_train(make_run_dir):
-    from analysis import mean_interval
+    from hpsearch.analysis import mean_interval
 
     run = _answer_run(make_run_dir)
     result = write_report(run, window=10, dpi=40)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import MissingDataError, Run, latest_run, load_run, param_importances
+from hpsearch.analysis import MissingDataError, Run, latest_run, load_run, param_importances
 
 
 def test_load_run_reads_every_table(run_dir: Path):
@@ -103,7 +103,7 @@ def test_too_few_trials_for_importances(make_run_dir):
 def test_analysis_never_imports_ray_or_torch(run_dir: Path):
     code = f"""
 import json, sys
-import analysis
+from hpsearch import analysis
 at_import = sorted({{m.split('.')[0] for m in sys.modules}} & {{'matplotlib', 'optuna', 'yaml'}})
 run = analysis.load_run({str(run_dir)!r})
 analysis.plot_search_progress(run.trials, run.epochs)

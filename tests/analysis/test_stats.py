@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from analysis import (
+from hpsearch.analysis import (
     MissingDataError,
     compare_configs,
     config_costs,
@@ -21,7 +21,7 @@ from analysis import (
     read_final,
     recommend,
 )
-from rundir import TABLE_COLUMNS
+from hpsearch.rundir import TABLE_COLUMNS
 
 # Held-out accuracy of three configs on the same 5 folds. A is the best; B lies within one
 # standard error of A's mean (0.794 >= 0.800 - 0.00707); C is far below.

@@ -55,8 +55,8 @@ def _local_cluster_class():
 
 def _datasets(work: Path) -> list[tuple[str, Path, int]]:
     from benchmarks.bench_data import generate
-    from data_pipeline import default_cache_root
-    from search.demo import write_digits
+    from hpsearch.data_pipeline import default_cache_root
+    from hpsearch.search.driver.demo import write_digits
 
     digits = write_digits(work / "digits")
     photos = generate(
@@ -78,7 +78,7 @@ def _cpu() -> str:
 
 
 def _experiment(folder: Path, size: int, cache: Path):
-    from search.schema import Experiment
+    from hpsearch.search.experiment.schema import Experiment
 
     return Experiment.model_validate(
         {"name": "ship", "data": {"folder": str(folder), "image_size": size, "cache": str(cache)}}
@@ -90,8 +90,8 @@ def _measure(cluster, work: Path, repeat: int) -> list[tuple]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from data_pipeline import prepare
-    from search.inputs import load_data
+    from hpsearch.data_pipeline import prepare
+    from hpsearch.search.trial.inputs import load_data
 
     cores = os.cpu_count() or 1
     datasets = _datasets(work)

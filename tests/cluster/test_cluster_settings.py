@@ -7,9 +7,13 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from search import session, tune_setup, tuner
-from search.cli import main
-from search.schema import Experiment, ExperimentError
+from hpsearch.search.driver import session
+
+from hpsearch.search.driver import tune_setup
+
+from hpsearch.search.driver import tuner
+from hpsearch.search.cli import main
+from hpsearch.search.experiment.schema import Experiment, ExperimentError
 
 
 def _experiment(tmp_path, folder, cache, storage) -> Experiment:

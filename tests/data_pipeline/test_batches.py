@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline import Batches, crop_flip
-from data_pipeline.batches import normalise_numpy, normalise_torch
+from hpsearch.data_pipeline import Batches, crop_flip
+from hpsearch.data_pipeline.batches import normalise_numpy, normalise_torch
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-import data_pipeline.cache as cache_mod
-from data_pipeline import (
+import hpsearch.data_pipeline.cache as cache_mod
+from hpsearch.data_pipeline import (
     Batches,
     DatasetError,
     decode_image,
@@ -21,7 +21,7 @@ from data_pipeline import (
     materialize_split,
     prepare,
 )
-from data_pipeline.decode import dct_eighths
+from hpsearch.data_pipeline.decode import dct_eighths
 
 SIZE = 16
 # The `src` images are 40 x 30: at 28 px no JPEG can be decoded at a reduced scale (30 x 7/8

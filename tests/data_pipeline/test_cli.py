@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from search.cli import main
+from hpsearch.search.cli import main
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_prepare_does_not_import_torch(src: Path, tmp_path: Path) -> None:
 
     code = (
         "import sys\n"
-        "from search.cli import main\n"
+        "from hpsearch.search.cli import main\n"
         f"code = main(['prepare', {str(src)!r}, '--image-size', '16', '--cache', "
         f"{str(tmp_path / 'cache')!r}, '--workers', '2', '--test-fraction', '0.25', '--val-fraction', '0.25'])\n"
         "heavy = ('torch', 'torchvision')\n"
@@ -112,7 +112,7 @@ def test_prepared_cache_reuses_its_split_without_scikit_learn(src: Path, tmp_pat
     import subprocess
     import sys
 
-    from data_pipeline import prepare
+    from hpsearch.data_pipeline import prepare
 
     cache_root = tmp_path / "cache"
     first, _ = prepare(
@@ -120,7 +120,7 @@ def test_prepared_cache_reuses_its_split_without_scikit_learn(src: Path, tmp_pat
     )
     code = (
         "import sys\n"
-        "from data_pipeline import prepare\n"
+        "from hpsearch.data_pipeline import prepare\n"
         f"c, s = prepare({str(src)!r}, image_size=16, cache_root={str(cache_root)!r}, "
         "test_fraction=0.25, val_fraction=0.25, folds=3, progress=False)\n"
         "print(s.split_written, 'sklearn' in sys.modules, ''.join(c.split.astype(str).tolist()))\n"
@@ -146,7 +146,7 @@ FULL_DISK = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, resource.RLIM_INFINITY))
-from search.cli import main
+from hpsearch.search.cli import main
 sys.exit(main(["prepare", sys.argv[1], "--image-size", "64", "--cache", sys.argv[2],
                "--workers", "1", "--test-fraction", "0.25", "--val-fraction", "0.25"]))
 """
@@ -175,7 +175,7 @@ def test_a_build_that_cannot_fit_is_refused_before_decoding(
 ) -> None:
     from collections import namedtuple
 
-    from data_pipeline import cache as cache_mod
+    from hpsearch.data_pipeline import cache as cache_mod
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9, 1000))

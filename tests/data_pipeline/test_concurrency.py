@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline import load_cache
+from hpsearch.data_pipeline import load_cache
 
 SETTINGS = {
     "plain": [],
@@ -19,7 +19,7 @@ SETTINGS = {
 }
 CHECK = """
 import json, sys
-from data_pipeline import prepare
+from hpsearch.data_pipeline import prepare
 merge = json.loads(sys.argv[3])
 cache, s = prepare(sys.argv[1], image_size=16, cache_root=sys.argv[2], workers=1,
                    test_fraction=0.2, val_fraction=0.2, folds=int(sys.argv[4]),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from data_pipeline import decode
-from data_pipeline.decode import dct_eighths, decode_image, jpeg_orientation
+from hpsearch.data_pipeline import decode
+from hpsearch.data_pipeline.decode import dct_eighths, decode_image, jpeg_orientation
 
 
 def _jpeg(img: Image.Image, **kwargs) -> bytes:

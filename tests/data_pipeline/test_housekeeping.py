@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from search.cli import main
+from hpsearch.search.cli import main
 
 PREPARE = """
 import sys, time
-from data_pipeline import prepare
+from hpsearch.data_pipeline import prepare
 prepare(sys.argv[1], image_size=int(sys.argv[2]), cache_root=sys.argv[3], workers=1,
         test_fraction=0.25, val_fraction=0.25, progress=False)
 print("ready", flush=True)

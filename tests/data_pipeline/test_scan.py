@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_pipeline import DatasetError, format_summary, load_cache, prepare, scan
+from hpsearch.data_pipeline import DatasetError, format_summary, load_cache, prepare, scan
 
 SIZE = 16
 # The module, not the function `data_pipeline.scan` that shadows it as a package attribute.
-scan_mod = importlib.import_module("data_pipeline.scan")
+scan_mod = importlib.import_module("hpsearch.data_pipeline.scan")
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_permission_denied_is_skipped(
 
     # The decode reads each file with open() (root could read a chmod 000 file).
     monkeypatch.setattr(
-        importlib.import_module("data_pipeline.decode"), "open", locked_open, raising=False
+        importlib.import_module("hpsearch.data_pipeline.decode"), "open", locked_open, raising=False
     )
     cache, summary = prepare(
         root,
@@ -231,7 +231,7 @@ def test_scan_does_not_import_torchvision() -> None:
 
     code = (
         "import sys, tempfile, pathlib\n"
-        "from data_pipeline import scan\n"
+        "from hpsearch.data_pipeline import scan\n"
         "d = pathlib.Path(tempfile.mkdtemp())\n"
         "for c in 'ab': (d / c).mkdir(); (d / c / 'x.png').write_bytes(b'x')\n"
         "scan(d)\n"

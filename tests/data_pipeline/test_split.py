@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data_pipeline import (
+from hpsearch.data_pipeline import (
     DatasetError,
     assign_folds,
     assign_labels,

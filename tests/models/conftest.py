@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import ConvNet
+from hpsearch.models import ConvNet
 
 
 @pytest.fixture(autouse=True)

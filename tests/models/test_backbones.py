@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from models import (
+from hpsearch.models import (
     BackboneConfig,
     InfeasibleArchitecture,
     build_backbone,
@@ -31,8 +31,8 @@ from models import (
     trained_size,
     weights_file,
 )
-from models import backbones as backbones_module
-from models.backbones import (
+from hpsearch.models import backbones as backbones_module
+from hpsearch.models.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     SUGGESTED,
@@ -333,8 +333,8 @@ def test_importing_models_and_backbones_needs_no_torch():
     code = textwrap.dedent(
         """
         import sys
-        import models, models.backbones
-        from models import BackboneConfig, is_backbone, list_backbones
+        import hpsearch.models, hpsearch.models.backbones
+        from hpsearch.models import BackboneConfig, is_backbone, list_backbones
         cfg = BackboneConfig("tv/resnet18", 10, 32, pretrained="imagenet", freeze="stages:2")
         assert is_backbone(list_backbones()[0]) and cfg.name == "resnet18"
         assert "torch" not in sys.modules and "torchvision" not in sys.modules, "torch imported"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from models import ConvNetConfig, ConvSpec
+from hpsearch.models import ConvNetConfig, ConvSpec
 
 
 def tiny(**kw) -> ConvNetConfig:

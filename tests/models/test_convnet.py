@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import (
+from hpsearch.models import (
     ConvNet,
     ConvNetConfig,
     ConvSpec,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import (
+from hpsearch.models import (
     ConvNet,
     ConvSpec,
     InfeasibleArchitecture,

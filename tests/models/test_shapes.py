@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from models import (
+from hpsearch.models import (
     ConvNetConfig,
     ConvSpec,
     InfeasibleArchitecture,
@@ -17,7 +17,7 @@ from models import (
     get_config,
     layer_table,
 )
-from models.shapes import out_size
+from hpsearch.models.shapes import out_size
 
 
 @pytest.mark.parametrize(

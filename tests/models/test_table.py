@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from models import ConvNetConfig, ConvSpec, format_models_table, list_models
-from models import presets as presets_module
-from models.table import human
+from hpsearch.models import ConvNetConfig, ConvSpec, format_models_table, list_models
+from hpsearch.models import presets as presets_module
+from hpsearch.models.table import human
 
 
 def _rows(table: str) -> dict[str, str]:

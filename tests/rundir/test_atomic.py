@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rundir import atomic_path, atomic_write, write_json, write_npy, write_parquet, write_text
+from hpsearch.rundir import atomic_path, atomic_write, write_json, write_npy, write_parquet, write_text
 
 
 def _half_then(exc: BaseException):
@@ -126,7 +126,7 @@ def test_importing_rundir_touches_no_disk_and_no_heavy_modules(tmp_path: Path):
 KILLED_WRITER = """
 import sys, time
 import pandas as pd
-from rundir import write_parquet
+from hpsearch.rundir import write_parquet
 
 real = pd.DataFrame.to_parquet
 

@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-import rundir
-from rundir import (
+from hpsearch import rundir
+from hpsearch.rundir import (
     METRICS,
     TABLE_COLUMNS,
     TABLE_DTYPES,

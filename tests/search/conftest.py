@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search.images import ImageSource
-from search.inputs import TrialData, TrialSettings
+from hpsearch.search.trial.images import ImageSource
+from hpsearch.search.trial.inputs import TrialData, TrialSettings
 
 
 def _tiny_data(n: int = 48, size: int = 16, classes: int = 3) -> TrialData:
@@ -59,8 +59,8 @@ def make_trainer(tiny_data, tiny_settings):
     def make(monkeypatch=None, channels_last: bool | None = None):
         import numpy as np
 
-        from search import trainable
-        from search.space import model_config
+        from hpsearch.search.trial import trainable
+        from hpsearch.search.experiment.space import model_config
 
         if channels_last is not None:
             monkeypatch.setattr(trainable, "use_channels_last", lambda *a: channels_last)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from ray import tune
 
-from search import checkpoints
-from search.checkpoints import REPLAYED, repair_lost_checkpoints, replayed, restore
-from search.export import read_results
+from hpsearch.search.trial import checkpoints
+from hpsearch.search.trial.checkpoints import REPLAYED, repair_lost_checkpoints, replayed, restore
+from hpsearch.search.driver.export import read_results
 
 
 def _save(trial: Path, index: int, epoch: int) -> Path:

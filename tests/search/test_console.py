@@ -12,8 +12,10 @@ import sys
 
 import pytest
 
-from search import cli, console
-from search.console_tune import ConsoleReporter
+from hpsearch.search import cli
+
+from hpsearch.search.console import printer as console
+from hpsearch.search.console.tune import ConsoleReporter
 
 
 class FakeTrial:

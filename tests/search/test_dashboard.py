@@ -21,9 +21,9 @@ import yaml
 from optuna.trial import TrialState
 from ray import tune
 
-from search.cli import main
-from search.dashboard import dashboard_app, storage_url
-from search.optuna_search import ResumableOptunaSearch
+from hpsearch.search.cli import main
+from hpsearch.search.integrations.dashboard import dashboard_app, storage_url
+from hpsearch.search.driver.searcher import ResumableOptunaSearch
 
 RUN_DIR = "/runs/r1"
 FACTS = {"params": 51683, "macs": 1175232, "node_id": "node-a"}
@@ -274,7 +274,7 @@ def test_the_dashboard_of_a_finished_search(ray_session, tmp_path, small_folder,
     log = tmp_path / "dashboard.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "search.cli", "dashboard", str(run_dir), "--port", "0"],
+            [sys.executable, "-m", "hpsearch", "dashboard", str(run_dir), "--port", "0"],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

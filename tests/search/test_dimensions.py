@@ -12,7 +12,7 @@ import optuna
 import pytest
 import yaml
 
-from search.dimensions import (
+from hpsearch.search.experiment.dimensions import (
     BOOL,
     DIMENSIONS,
     FLOAT,
@@ -24,11 +24,11 @@ from search.dimensions import (
     Fixed,
     Range,
 )
-from search.errors import ExperimentError
-from search.export import collect
-from search.schema import load_experiment
-from search.space import build_space, model_config
-from search.tune_setup import shown_params
+from hpsearch.search.errors import ExperimentError
+from hpsearch.search.driver.export import collect
+from hpsearch.search.experiment.schema import load_experiment
+from hpsearch.search.experiment.space import build_space, model_config
+from hpsearch.search.driver.tune_setup import shown_params
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DIMS = list(DIMENSIONS.values())
@@ -169,7 +169,7 @@ def test_sampled_into_the_config_and_the_trials_table(tmp_path, dim):
 def test_takes_effect_where_the_table_says(dim, tiny_data, tiny_settings):
     import numpy as np
 
-    from search.trainable import Trainer
+    from hpsearch.search.trial.trainable import Trainer
 
     def config(v) -> dict:
         c = {"arch": "FlatAlexNet", "optimizer": "sgd", "mlp": "16"}

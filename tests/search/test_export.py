@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rundir import write_text
-from search.export import collect, export_run
+from hpsearch.rundir import write_text
+from hpsearch.search.driver.export import collect, export_run
 
 
 def trial(

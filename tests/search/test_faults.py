@@ -19,10 +19,10 @@ import psutil
 import pytest
 import torch
 
-from rundir import TUNE_STATE_GLOB
-from search.checkpoints import REPORTS_FILE
-from search.cli import main
-from search.export import collect, tune_statuses
+from hpsearch.rundir import TUNE_STATE_GLOB
+from hpsearch.search.trial.checkpoints import REPORTS_FILE
+from hpsearch.search.cli import main
+from hpsearch.search.driver.export import collect, tune_statuses
 
 pytestmark = pytest.mark.slow
 
@@ -124,7 +124,7 @@ def test_a_killed_driver_resumes_each_trial_from_its_newest_checkpoint(
     )
     run_dir = tmp_path / "runs" / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "run", str(path), "--name", "killed"],
+        [sys.executable, "-m", "hpsearch", "run", str(path), "--name", "killed"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

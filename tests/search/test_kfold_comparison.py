@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from rundir import COMPARISON_FILE, TABLE_COLUMNS
-from search.kfold import write_comparison
+from hpsearch.rundir import COMPARISON_FILE, TABLE_COLUMNS
+from hpsearch.search.driver.kfold import write_comparison
 
 
 def _folds(configs: dict[str, float], k: int = 4) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import pytest
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from search.optuna_search import ResumableOptunaSearch
+from hpsearch.search.driver.searcher import ResumableOptunaSearch
 
 
 def _searcher(cls):

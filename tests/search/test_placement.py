@@ -7,10 +7,10 @@ import pytest
 import torch
 import yaml
 
-from search.errors import ExperimentError
-from search.inputs import TrialSettings
-from search.schema import load_experiment
-from search.trainable import data_placement, placement, trials_per_device
+from hpsearch.search.errors import ExperimentError
+from hpsearch.search.trial.inputs import TrialSettings
+from hpsearch.search.experiment.schema import load_experiment
+from hpsearch.search.trial.trainable import data_placement, placement, trials_per_device
 
 GB = 10**9
 # The seed's training split at 227 px (26,107 images) and a 24 GB A10G (cluster.yaml) with the

@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from search import remote
-from search.cli import main
-from search.errors import ExperimentError
+from hpsearch.search.storage import remote
+from hpsearch.search.cli import main
+from hpsearch.search.errors import ExperimentError
 
 
 def _free_port() -> int:
@@ -291,7 +291,7 @@ def test_each_snapshot_uploads_the_study_and_new_results_first(s3, tmp_path):
     import pickle
     from types import SimpleNamespace
 
-    from search.remote_tune import UploadOnSnapshot
+    from hpsearch.search.storage.remote_tune import UploadOnSnapshot
 
     uri = f"s3://{s3.bucket}/runs/r"
     callback = UploadOnSnapshot(uri)
@@ -342,7 +342,7 @@ def test_each_snapshot_uploads_the_study_and_new_results_first(s3, tmp_path):
 def test_the_drivers_aws_keys_stay_out_of_the_trials_runtime_env(monkeypatch):
     from ray.tune.execution import class_cache
 
-    from search.remote_tune import keep_credentials_out_of_ray
+    from hpsearch.search.storage.remote_tune import keep_credentials_out_of_ray
 
     monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", class_cache.ENV_VARS_TO_PROPAGATE)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY")
@@ -406,7 +406,7 @@ def test_a_search_on_s3_survives_sigkill_and_resumes_from_s3(
                 [
                     sys.executable,
                     "-m",
-                    "search.cli",
+                    "hpsearch",
                     "run",
                     str(_experiment(tmp_path, small_folder, cache_root)),
                     "--storage",
@@ -442,7 +442,7 @@ def test_a_search_on_s3_survives_sigkill_and_resumes_from_s3(
         # A new driver machine: nothing local survives; resume works from S3 alone.
         shutil.rmtree(remote.working_copy_root())
         resumed = subprocess.run(
-            [sys.executable, "-m", "search.cli", "resume", run_uri],
+            [sys.executable, "-m", "hpsearch", "resume", run_uri],
             capture_output=True,
             text=True,
             env=env,

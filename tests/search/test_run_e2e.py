@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from search.cli import main
+from hpsearch.search.cli import main
 
 pytestmark = pytest.mark.slow
 

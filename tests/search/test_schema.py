@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.cli import main
-from search.dimensions import BOOL, FLOAT, INT, LAYERS, STR
-from search.errors import ExperimentError
-from search.schema import apply_overrides, load_experiment
+from hpsearch.search.cli import main
+from hpsearch.search.experiment.dimensions import BOOL, FLOAT, INT, LAYERS, STR
+from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.schema import apply_overrides, load_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -226,7 +226,7 @@ def test_validate_cli_rejects_an_infeasible_only_space(tmp_path, capsys):
 
 
 def test_every_experiment_file_validates(capsys, tmp_path, monkeypatch):
-    from models import weights_file
+    from hpsearch.models import weights_file
 
     files = sorted((REPO / "experiments").glob("*.yaml"))
     assert files
@@ -245,7 +245,7 @@ def test_every_experiment_file_validates(capsys, tmp_path, monkeypatch):
 
 
 def test_brackets_make_asha_asynchronous_hyperband(tmp_path):
-    from search.tune_setup import scheduler
+    from hpsearch.search.driver.tune_setup import scheduler
 
     doc = base()
     doc["scheduler"] = {"type": "asha", "brackets": 3}

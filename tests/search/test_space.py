@@ -5,11 +5,11 @@ import contextlib
 import optuna
 import pytest
 
-from models import InfeasibleArchitecture, count_params, get_config
-from search.dimensions import decode_layers, encode_layers
-from search.errors import ExperimentError
-from search.schema import SearchSpace
-from search.space import build_space, check_space, grid_points, model_config
+from hpsearch.models import InfeasibleArchitecture, count_params, get_config
+from hpsearch.search.experiment.dimensions import decode_layers, encode_layers
+from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.schema import SearchSpace
+from hpsearch.search.experiment.space import build_space, check_space, grid_points, model_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

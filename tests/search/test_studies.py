@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from search.cli import main
+from hpsearch.search.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
@@ -79,10 +79,10 @@ def test_kfold_and_its_warmups_never_train_on_what_they_evaluate(
     import ray
     from ray import tune
 
-    from search import trainable
-    from search.inputs import TrialSettings, fold_init_files, load_data, load_final_data
-    from search.kfold import fold_trial
-    from search.schema import load_experiment
+    from hpsearch.search.trial import trainable
+    from hpsearch.search.trial.inputs import TrialSettings, fold_init_files, load_data, load_final_data
+    from hpsearch.search.driver.kfold import fold_trial
+    from hpsearch.search.experiment.schema import load_experiment
 
     exp = load_experiment(
         REPO / "experiments" / "optimizers.yaml",
@@ -317,11 +317,11 @@ def test_the_first_feasible_trial_of_each_study_trains(
     import ray
     from ray import tune
 
-    from models import InfeasibleArchitecture
-    from search.inputs import TrialSettings, load_data
-    from search.schema import load_experiment
-    from search.space import build_space, grid_points, model_config
-    from search.trainable import train_trial
+    from hpsearch.models import InfeasibleArchitecture
+    from hpsearch.search.trial.inputs import TrialSettings, load_data
+    from hpsearch.search.experiment.schema import load_experiment
+    from hpsearch.search.experiment.space import build_space, grid_points, model_config
+    from hpsearch.search.trial.trainable import train_trial
 
     path = REPO / "experiments" / f"{name}.yaml"
     overrides = [

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from search.cli import main
-from search.errors import ExperimentError
-from search.schema import load_experiment
+from hpsearch.search.cli import main
+from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.schema import load_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 SCALARS = (
@@ -121,9 +121,9 @@ def test_without_the_libraries_only_a_section_that_asks_for_them_fails(tmp_path)
     code = f"""
 import json, sys
 sys.modules["mlflow"] = sys.modules["tensorboardX"] = None  # not installed
-from search.cli import main
-from search.schema import load_experiment
-from search.tune_setup import run_config
+from hpsearch.search.cli import main
+from hpsearch.search.experiment.schema import load_experiment
+from hpsearch.search.driver.tune_setup import run_config
 codes = [main(["validate", p]) for p in ({str(plain)!r}, {str(tb)!r}, {str(ml)!r})]
 config = run_config(load_experiment({str(plain)!r}), "r", {str(tmp_path)!r})
 print(json.dumps({{"codes": codes, "callbacks": [type(c).__name__ for c in config.callbacks]}}))
@@ -196,7 +196,7 @@ EXPECTED = {  # metric -> [(epoch, value)]
 
 
 def test_epoch_scalars_keep_only_the_epochs_metrics():
-    from search.tracking import EPOCH_SCALARS, epoch_scalars
+    from hpsearch.search.integrations.tracking import EPOCH_SCALARS, epoch_scalars
 
     assert EPOCH_SCALARS == SCALARS
     assert epoch_scalars(REPORTS[0]) == {m: pytest.approx(v[0][1]) for m, v in EXPECTED.items()}
@@ -214,7 +214,7 @@ def _feed(callback, trial):
 def test_the_tensorboard_callback_writes_the_epochs_scalars_stepped_by_epoch(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from search.tracking import EpochTBXLoggerCallback
+    from hpsearch.search.integrations.tracking import EpochTBXLoggerCallback
 
     trial = FakeTrial(tmp_path / "trial_fake", {"lr": 0.1, "arch": "FlatAlexNet"})
     _feed(EpochTBXLoggerCallback(), trial)
@@ -229,7 +229,7 @@ def test_the_tensorboard_callback_writes_the_epochs_scalars_stepped_by_epoch(tmp
 def test_the_mlflow_callback_logs_params_and_the_epochs_metrics(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import EpochMLflowLoggerCallback
+    from hpsearch.search.integrations.tracking import EpochMLflowLoggerCallback
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     uri = f"file:{tmp_path}/mlruns"

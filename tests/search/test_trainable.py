@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search.dimensions import OPTIMIZER_DEFAULTS
-from search.trainable import choose_precision, make_optimizer, worst_value
+from hpsearch.search.experiment.dimensions import OPTIMIZER_DEFAULTS
+from hpsearch.search.trial.trainable import choose_precision, make_optimizer, worst_value
 
 
 def params():
@@ -68,7 +68,7 @@ def test_worst_value_is_the_worst_for_the_mode():
 
 
 def test_fp32_on_the_cpu_trains_channels_last(make_trainer):
-    from search.trainable import use_channels_last
+    from hpsearch.search.trial.trainable import use_channels_last
 
     assert use_channels_last("fp32", "cpu") and use_channels_last("bf16", "cuda")
     assert not use_channels_last("fp32", "cuda:0")
@@ -105,7 +105,7 @@ def test_a_trial_releases_its_memory_before_the_next_one_on_the_actor(
     import ray
     from ray import tune
 
-    from search import trainable
+    from hpsearch.search.trial import trainable
 
     # Resident images, on the CPU: what a GPU trial within its memory budget holds.
     monkeypatch.setattr(trainable, "data_placement", lambda *a: "device")
@@ -162,8 +162,8 @@ def test_l1_adds_lambda_times_the_weights_abs_sum_to_the_step_loss(tiny_data, ti
     import numpy as np
     import torch.nn.functional as F
 
-    from search.space import model_config
-    from search.trainable import Trainer
+    from hpsearch.search.experiment.space import model_config
+    from hpsearch.search.trial.trainable import Trainer
 
     lam = 1e-3
     config = {
@@ -214,10 +214,10 @@ def test_pretrained_backbones_take_imagenet_normalisation_and_their_weights(
     import numpy as np
     import torchvision
 
-    from models import weights_file
-    from models.backbones import IMAGENET_MEAN, IMAGENET_STD
-    from search.space import model_config
-    from search.trainable import Trainer
+    from hpsearch.models import weights_file
+    from hpsearch.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+    from hpsearch.search.experiment.space import model_config
+    from hpsearch.search.trial.trainable import Trainer
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     state = torchvision.models.mobilenet_v3_small().state_dict()

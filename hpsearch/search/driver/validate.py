@@ -1,0 +1,88 @@
+"""What `run` checks before it loads any data, and `hpsearch validate`'s summary of it."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+from hpsearch.search.errors import ExperimentError
+from hpsearch.search.driver.session import check_storage
+from hpsearch.search.experiment.space import check_space
+
+if TYPE_CHECKING:
+    from hpsearch.search.experiment.schema import Experiment
+
+
+def check_experiment(exp: Experiment) -> list[str]:
+    """Raise ExperimentError for a storage or space that cannot run, or for pretrained weights
+    that are not on this machine; return the reasons of the architecture combinations that are
+    infeasible (those trials end at once). Also raises for a `tracking:` library that is not
+    installed."""
+    check_storage(exp.storage)
+    check_weights(exp)
+    check_tracking(exp)
+    # The class count only sizes the classifier: feasibility depends on the feature maps.
+    return check_space(exp.search.space, image_size=exp.data.image_size, num_classes=2)
+
+
+def check_tracking(exp: Experiment) -> None:
+    """The libraries the `tracking:` section asks for are installed (else ExperimentError with
+    the command that installs them)."""
+    if exp.tracking.enabled:  # (search.tracking imports Ray Tune)
+        from hpsearch.search.integrations.tracking import check_tracking as check
+
+        check(exp.tracking)
+
+
+def _values(domain) -> list:
+    return list(domain.values() or domain.ends()) if domain is not None else []
+
+
+def check_weights(exp: Experiment) -> None:
+    """Every backbone x pretrained weights the space can draw must load offline: raise
+    ExperimentError naming the file expected and the command that fetches it. Warns when the
+    weights were trained at a size far from the cache's."""
+    from hpsearch.models import BackboneConfig, is_backbone, missing_weights, size_warning
+
+    space = exp.search.space
+    backbones = [a for a in _values(space.arch) if is_backbone(a)]
+    if not backbones:
+        return
+    pretrained = [p for p in _values(space.pretrained) if p not in (None, "none")]
+    for arch in backbones:
+        for weights in pretrained:
+            cfg = BackboneConfig(
+                arch, num_classes=2, image_size=exp.data.image_size, pretrained=weights
+            )
+            try:
+                missing = missing_weights(cfg)
+            except ValueError as e:  # e.g. a model torchvision has no weights for
+                raise ExperimentError(f"search.space.pretrained: {e}") from None
+            if missing:
+                raise ExperimentError(f"search.space.pretrained: {missing}")
+            warning = size_warning(cfg)
+            if warning:
+                warnings.warn(warning, stacklevel=2)
+
+
+def format_validation(exp: Experiment, source: str, skipped: list[str]) -> str:
+    s = exp.search
+    lines = [
+        f"{source}: ok. {exp.name}: {s.algorithm} over {s.num_trials} trials, "
+        f"metric {s.metric} ({s.mode}),",
+        f"  scheduler {exp.scheduler.type}, {exp.train.epochs} epochs, "
+        f"image size {exp.data.image_size} px",
+    ]
+    if exp.tracking.tensorboard:
+        lines.append("  tracking: TensorBoard event files per trial (tensorboard --logdir RUN_DIR)")
+    if exp.tracking.mlflow is not None:
+        lines.append(
+            f"  tracking: one MLflow run per trial at {exp.tracking.mlflow}, "
+            f"experiment {exp.name!r}"
+        )
+    if skipped:
+        lines.append(
+            f"  {len(skipped)} architecture combination(s) are infeasible and will end at once:"
+        )
+        lines += [f"    {reason}" for reason in skipped]
+    return "\n".join(lines)

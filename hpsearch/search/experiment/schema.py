@@ -1,0 +1,381 @@
+"""The experiment file: one YAML document validated into a pydantic model.
+
+Unknown keys are errors, every error names its field path, and `--set a.b=c` overrides are
+applied to the raw document before validation, so they are checked like the file itself.
+`search.space` is built from the dimension table (`search.dimensions`): each dimension is a
+field holding its typed domain (`Fixed`, `Choices`, `Range`), written back in its YAML form.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from hpsearch.rundir import EXPERIMENT_FILE, METRICS, NAME_PATTERN, metric_mode
+from hpsearch.search.experiment.dimensions import OPTIMIZER, OPTIMIZER_PARAMS, OPTIMIZERS, SPACE_DIMENSIONS, Dimension
+from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.space import grid_points, varying_architecture_dims
+
+__all__ = ["Experiment", "ExperimentError", "SearchSpace", "apply_overrides", "load_experiment"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _to_data(domain: Any) -> Any:
+    return None if domain is None else domain.to_data()
+
+
+def _dimension_field(dim: Dimension) -> tuple[Any, Any]:
+    typ = Annotated[Any, BeforeValidator(dim.parse), PlainSerializer(_to_data)]
+    return typ, Field(default=dim.default, description=dim.help)
+
+
+# Conditional parameters of one optimizer (each a search dimension; left out: its default).
+OptimizerSpace = create_model(
+    "OptimizerSpace",
+    __base__=_Strict,
+    __module__=__name__,
+    **{d.name: _dimension_field(d) for d in OPTIMIZER_PARAMS},
+)
+
+
+def _optimizer_form(cls, v: Any) -> Any:
+    # `optimizer: adam` or `optimizer: [sgd, adam]` mean: those, with default parameters.
+    if isinstance(v, str):
+        v = [v]
+    if isinstance(v, list):
+        OPTIMIZER.parse(v)  # names the unknown ones
+        v = {o: {} for o in v}
+    if isinstance(v, dict):
+        if not v:
+            raise ValueError(f"name at least one optimizer of {list(OPTIMIZERS)}")
+        v = {k: ({} if p is None else p) for k, p in v.items()}
+    return v
+
+
+# What the sampler may change. A dimension left out keeps the preset's value.
+SearchSpace = create_model(
+    "SearchSpace",
+    __base__=_Strict,
+    __module__=__name__,
+    __validators__={
+        "_optimizer_form": field_validator("optimizer", mode="before")(_optimizer_form)
+    },
+    **{d.name: _dimension_field(d) for d in SPACE_DIMENSIONS},
+    optimizer=(
+        dict[Literal[OPTIMIZERS], OptimizerSpace],  # type: ignore[valid-type]
+        Field(default_factory=lambda: {"sgd": OptimizerSpace()}, description=OPTIMIZER.help),
+    ),
+)
+
+
+class DataSection(_Strict):
+    folder: str | None = None  # image folder, one sub-folder per class (relative to the cwd)
+    cache: str | None = None  # cache root (default $HPSEARCH_CACHE or ~/.cache/hpsearch)
+    image_size: int = Field(64, ge=8, le=1024)
+    # Three disjoint parts: trials train on train and report on the validation part, which the
+    # search selects by; the test part is read only by `hpsearch final`.
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    folds: int = Field(0, ge=0)
+    merge: dict[str, list[str]] = Field(default_factory=dict)
+    seed: int = 0
+    workers: int | None = Field(None, ge=1)
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("folds must be 0 (none) or at least 2")
+        return v
+
+    @model_validator(mode="after")
+    def _parts(self) -> DataSection:
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                f"test_fraction {self.test_fraction} + val_fraction {self.val_fraction} leave no "
+                "training images: keep their sum below 1, e.g. 0.1 and 0.1"
+            )
+        return self
+
+
+class SearchSection(_Strict):
+    algorithm: Literal["tpe", "random", "grid"] = "tpe"
+    num_trials: int = Field(20, ge=1)
+    max_concurrent: int = Field(0, ge=0)  # 0: as many as the resources allow
+    metric: Literal[METRICS] = "val_accuracy"  # type: ignore[valid-type]
+    mode: Literal["max", "min"] | None = None  # default: min for losses, else max
+    seed: int = 0
+    space: SearchSpace = Field(default_factory=SearchSpace)
+
+    @model_validator(mode="after")
+    def _mode(self) -> SearchSection:
+        natural = metric_mode(self.metric)
+        if self.mode is None:
+            self.mode = natural
+        elif self.mode != natural:
+            raise ValueError(
+                f"mode {self.mode!r} optimises {self.metric} the wrong way; use mode: {natural!r}"
+            )
+        return self
+
+
+class SchedulerSection(_Strict):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)  # epochs every trial gets before ASHA may stop it
+    reduction_factor: float = Field(3.0, gt=1)
+    # ASHA's brackets: 1 = ASHA; more = asynchronous Hyperband (Li et al. 2020), each further
+    # bracket starting its trials' first rung a reduction_factor later (a less greedy stop).
+    brackets: int = Field(1, ge=1, le=8)
+
+
+class SameInit(_Strict):
+    """The seed's optimizer protocol: train the fixed architecture this long with SGD once,
+    then start every trial from those weights."""
+
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class KFoldSection(_Strict):
+    """After the search, re-train the top configs on k stratified folds (no early stopping)."""
+
+    top: int = Field(3, ge=1)
+    k: int = Field(10, ge=2)
+    epochs: int | None = Field(None, ge=1)  # default: train.epochs
+
+
+class TrainSection(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    seed: int = 0
+    augment: bool = False  # on-device random crop + flip
+    eval_batch_size: int = Field(512, ge=1)
+    same_init: SameInit | None = None  # every trial starts from one SGD warm-up's weights
+    # Where a GPU trial keeps its images: auto (resident within its share of the GPU's free
+    # memory, else streamed from host memory), always, never, or a size in GB per trial (e.g. 6)
+    data_on_device: str | float = "auto"
+
+    @field_validator("data_on_device", mode="before")
+    @classmethod
+    def _data_on_device(cls, v: Any) -> str | float:
+        from hpsearch.search.trial.trainable import PLACEMENTS
+
+        text = v.strip().lower() if isinstance(v, str) else v
+        if isinstance(text, str) and text.removesuffix("gb").strip():
+            try:  # "6GB", "6 GB", "6"
+                text = float(text.removesuffix("gb").strip())
+            except ValueError:
+                pass
+        if text in PLACEMENTS:
+            return text
+        if isinstance(text, int | float) and not isinstance(text, bool) and 0 < text < math.inf:
+            return float(text)
+        raise ValueError(
+            f"{v!r} is not a placement: use auto (resident within the trial's share of the GPU's "
+            "free memory, else streamed), always, never (stream every batch from host memory) "
+            "or a size in GB per trial, e.g. 6"
+        )
+
+
+class ResourcesSection(_Strict):
+    cpus: float = Field(1.0, gt=0)  # per trial
+    gpus: float = Field(0.0, ge=0)  # per trial; fractions pack several trials on one GPU
+
+
+class FailureSection(_Strict):
+    max_retries: int = Field(1, ge=0)  # a crashed trial restarts from its last checkpoint
+
+
+# A tracking URI's scheme (file:, sqlite:, http:, https:, databricks, ...): a bare path would be
+# resolved against the driver's working directory, which in a Ray job is a temporary copy.
+_URI_SCHEME = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:|databricks$)")
+
+
+class TrackingSection(_Strict):
+    """Copies of every trial's per-epoch metrics for the tools practitioners already use,
+    written by those tools' own libraries (`pip install 'hpsearch[tracking]'`)."""
+
+    tensorboard: bool = False  # event files in each trial's folder: tensorboard --logdir RUN_DIR
+    mlflow: str | None = None  # tracking URI: one MLflow run per trial, experiment `name`
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not _URI_SCHEME.match(v):
+            raise ValueError(
+                f"{v!r} is not a tracking URI: give its scheme, e.g. "
+                "sqlite:////abs/path/mlflow.db, http://host:5000 or file:///abs/path/mlruns"
+            )
+        parts = urlsplit(v)
+        if parts.username or parts.password:
+            raise ValueError(
+                "the URI holds credentials, and it is written to the run's experiment.yaml: "
+                "leave them out and set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+                "(or MLFLOW_TRACKING_TOKEN) in the environment instead"
+            )
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return self.tensorboard or self.mlflow is not None
+
+
+class Experiment(_Strict):
+    name: str = Field(pattern=NAME_PATTERN, max_length=200)
+    data: DataSection = Field(default_factory=DataSection)
+    search: SearchSection = Field(default_factory=SearchSection)
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    failure: FailureSection = Field(default_factory=FailureSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    kfold: KFoldSection | None = None
+    storage: str = "runs"
+
+    @model_validator(mode="after")
+    def _grid(self) -> Experiment:
+        if self.search.algorithm == "grid":
+            grid_points(self.search.space)  # raises if a dimension is a continuous range
+        if self.train.same_init is not None:
+            varying = varying_architecture_dims(self.search.space)
+            if varying:
+                raise ValueError(
+                    f"train.same_init needs a fixed architecture, but search.space varies {varying}: "
+                    "fix them to one value each (the optimizer, lr, dropout and batch size may vary)"
+                )
+        if self.scheduler.type == "asha" and self.scheduler.grace_period > self.train.epochs:
+            raise ValueError(
+                f"scheduler.grace_period ({self.scheduler.grace_period}) exceeds train.epochs "
+                f"({self.train.epochs}); lower it or train longer"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_overrides(doc: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a raw experiment document."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ExperimentError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
+        parts = key.strip().split(".")
+        node = doc
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ExperimentError(f"--set {item!r}: {where} is a value, not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return doc
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid experiment ({err.error_count()} error(s)):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling"
+        # whole-experiment checks name their fields in the message itself
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
+    return "\n".join(lines)
+
+
+def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experiment:
+    """Read, override and validate an experiment file. Raises ExperimentError."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        from hpsearch.search.experiment.files import packaged_names_hint
+
+        raise ExperimentError(f"{path}: no such experiment file; {packaged_names_hint()}") from None
+    except yaml.YAMLError as e:
+        raise ExperimentError(f"{path}: not valid YAML: {e}") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ExperimentError(
+            f"{path}: the top level must be a mapping (name:, data:, search:, ...)"
+        )
+    doc = apply_overrides(doc, overrides)
+    try:
+        return Experiment.model_validate(doc)
+    except ValidationError as e:
+        raise ExperimentError(format_validation_error(e, str(path))) from None
+
+
+def load_run_experiment(run_dir: str | Path) -> Experiment:
+    """The experiment of a run directory, for `resume`, `kfold` and `final`. Raises
+    ExperimentError for a folder that is not a run directory, or a run made before the
+    three-part split: its trials validated on what is now the held-out test part, so neither
+    continuing it nor a final evaluation of it would be honest."""
+    path = Path(run_dir) / EXPERIMENT_FILE
+    if not path.is_file():
+        raise ExperimentError(
+            f"{run_dir} is not a run directory of hpsearch (no {EXPERIMENT_FILE})"
+        )
+    check_trusted(Path(run_dir))
+    raw = yaml.safe_load(path.read_text()) or {}
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(data, dict) or "val_fraction" not in data:
+        raise ExperimentError(
+            f"{run_dir} was made before hpsearch split the images into train / validation / "
+            "test: its trials were selected on the part that is now held out for the final "
+            f"test. Start a new run from its experiment: hpsearch run {path} --name NEW_NAME"
+        )
+    return load_experiment(path)
+
+
+def check_trusted(run_dir: Path) -> None:
+    """Refuse a run directory that another user owns or others may write to: `resume` and
+    `kfold` unpickle Ray Tune's state from it (tuner.pkl, the searcher), which runs code, so
+    a run directory must be trusted like code. Checked: the folder and its pickles."""
+    import os
+    import stat
+
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    paths = [run_dir, *sorted(run_dir.glob("*.pkl")), *sorted(run_dir.glob("kfold/*.pkl"))]
+    for path in paths:
+        st = path.stat()
+        if uid is not None and st.st_uid != uid:
+            raise ExperimentError(
+                f"{path} belongs to another user (uid {st.st_uid}); resume, kfold and final "
+                "load pickled state from a run directory, which runs code. Copy the run "
+                "directory (cp -r) after checking where it comes from, and use the copy"
+            )
+        if st.st_mode & stat.S_IWOTH:  # (group-writable is left alone: user private groups)
+            raise ExperimentError(
+                f"{path} is writable by every user (mode {stat.filemode(st.st_mode)}); its "
+                f"pickled state could have been replaced. If you trust it: chmod o-w {path}"
+            )

@@ -1,0 +1,235 @@
+"""The search space of an experiment, read off the dimension table: Optuna's define-by-run
+function, the grid, the feasibility check, and the way back from a trial's config to a model.
+
+A trial's config is flat plain data (Ray stores it as JSON): one key per dimension
+(`Dimension.key`: `arch`, `width`, `strides`, `kernels`, `mlp` ("4-1-1", "" for no hidden
+layer), `dropout`, `batchnorm`, `batch_size`, `optimizer`, `lr`, `momentum`, `weight_decay`).
+Optuna's own parameter names add the raw per-layer and per-optimizer ones (`mlp_layers`,
+`mlp_width_0`, `sgd_lr`, ...). A dimension the experiment leaves out is absent, and the
+preset's own value applies.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.search.experiment.dimensions import (
+    DIMENSIONS,
+    OPTIMIZER,
+    OPTIMIZER_PARAMS,
+    SPACE_DIMENSIONS,
+    Choices,
+    Dimension,
+    Domain,
+    encode_layers,
+)
+from hpsearch.search.errors import ExperimentError
+
+if TYPE_CHECKING:
+    from hpsearch.models import ConvNetConfig
+    from hpsearch.search.experiment.schema import SearchSpace
+
+
+def _sampled(space: SearchSpace) -> Iterator[tuple[Dimension, Domain]]:
+    """The dimensions under search.space that the experiment sets, in table order."""
+    for dim in SPACE_DIMENSIONS:
+        domain = getattr(space, dim.name)
+        if domain is not None:
+            yield dim, domain
+
+
+def _optimizers(space: SearchSpace) -> Choices:
+    return Choices(tuple(space.optimizer))
+
+
+class DefineSpace:
+    """The define-by-run function for Ray's OptunaSearch. It only samples; it computes nothing.
+    A class rather than a closure: Ray pickles the searcher into its experiment checkpoint."""
+
+    def __init__(self, space: SearchSpace, *, grid: bool = False) -> None:
+        self.space, self.grid = space, grid
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        space, grid = self.space, self.grid
+        out: dict[str, Any] = {}
+        depths = []
+        for dim, domain in _sampled(space):
+            if dim.widths:
+                depths.append((dim, domain))  # drawn after the rest, then one width per layer
+            elif not dim.width_of:
+                out[dim.key] = domain.suggest(trial, dim.name, dim.kind, grid=grid)
+        for dim, domain in depths:
+            width = DIMENSIONS[dim.widths]
+            depth = domain.suggest(trial, dim.name, dim.kind, grid=grid)
+            out[dim.key] = encode_layers(
+                getattr(space, width.name).suggest(
+                    trial, f"{width.name}_{i}", width.kind, grid=grid
+                )
+                for i in range(depth)
+            )
+        opt = _optimizers(space).suggest(trial, OPTIMIZER.name, OPTIMIZER.kind, grid=grid)
+        out[OPTIMIZER.key] = opt
+        params = space.optimizer[opt]
+        for dim in OPTIMIZER_PARAMS:
+            if opt not in dim.per_optimizer:
+                continue  # e.g. Adam has betas, not momentum
+            domain = getattr(params, dim.name)
+            out[dim.key] = (
+                dim.per_optimizer[opt]
+                if domain is None
+                else domain.suggest(trial, f"{opt}_{dim.name}", dim.kind, grid=grid)
+            )
+        return out
+
+
+def build_space(space: SearchSpace, *, grid: bool = False) -> DefineSpace:
+    return DefineSpace(space, grid=grid)
+
+
+def grid_points(space: SearchSpace) -> dict[str, list[Any]]:
+    """Every sampled dimension's values for Optuna's GridSampler. Raises ValueError for a
+    continuous range (give it a `step` or list the values)."""
+    points: dict[str, list[Any]] = {}
+
+    def add(name: str, domain: Domain, dim: Dimension) -> list[Any]:
+        values = domain.values()
+        if values is None:
+            raise ValueError(
+                f"search.space.{name}: a grid search needs listed values or a range with `step`"
+            )
+        if len(values) > 1:
+            points[name] = [dim.kind.categorical(v) for v in values]
+        return values
+
+    for dim, domain in _sampled(space):
+        if dim.width_of:
+            continue
+        values = add(dim.name, domain, dim)
+        if dim.widths and max(values) > 0:
+            width = DIMENSIONS[dim.widths]
+            for i in range(max(values)):
+                add(f"{width.name}_{i}", getattr(space, width.name), width)
+    if len(space.optimizer) > 1:
+        points[OPTIMIZER.name] = list(space.optimizer)
+    for opt, params in space.optimizer.items():
+        for dim in OPTIMIZER_PARAMS:
+            domain = getattr(params, dim.name)
+            if domain is not None and opt in dim.per_optimizer:
+                add(f"{opt}_{dim.name}", domain, dim)
+    return points
+
+
+def varying_architecture_dims(space: SearchSpace) -> list[str]:
+    """The dimensions that change the weights' shapes and are not fixed to one value."""
+    out = []
+    for dim, domain in _sampled(space):
+        if not dim.shapes_weights:
+            continue
+        if dim.width_of:
+            depth = getattr(space, dim.width_of)
+            if depth is None or depth.values() in ([0],):
+                continue  # no hidden layer: the widths shape nothing
+        values = domain.values()
+        if values is None or len(values) > 1:
+            out.append(dim.name)
+    return out
+
+
+def in_every_config(space: SearchSpace, dim: Dimension) -> bool:
+    """Whether every trial's config has `dim.key` (the console shows only such columns)."""
+    if dim is OPTIMIZER:
+        return True
+    if dim.per_optimizer is not None:
+        return all(opt in dim.per_optimizer for opt in space.optimizer)
+    return getattr(space, dim.name) is not None
+
+
+def fixed_architecture(space: SearchSpace) -> dict[str, Any]:
+    """The trial-config keys that reach the model, for a space that fixes the weights' shapes
+    (what the same-init warm-up trains)."""
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    config = DefineSpace(space)(study.ask())
+    keep = {d.key for d in SPACE_DIMENSIONS if d.reaches == "model"}
+    return {k: v for k, v in config.items() if k in keep}
+
+
+def model_config(config: dict[str, Any], *, image_size: int, num_classes: int) -> ConvNetConfig:
+    """The ConvNetConfig (a preset) or BackboneConfig (`tv/<name>`) a trial config describes.
+    Raises InfeasibleArchitecture when the feature map would vanish, ValueError for values the
+    model rejects. A backbone takes the head's dimensions (mlp, dropout, batchnorm for the
+    head) and its own (pretrained, freeze); the conv dimensions (width, strides, kernels)
+    shape presets only."""
+    from hpsearch.models import get_config, is_backbone
+
+    arch = config.get("arch", DIMENSIONS["arch"].default)
+    if is_backbone(arch):
+        from hpsearch.models.backbones import BackboneConfig, check_feasible
+
+        cfg = BackboneConfig(
+            name=arch,
+            num_classes=num_classes,
+            image_size=image_size,
+            mlp=tuple(DIMENSIONS["mlp_layers"].from_config(config.get("mlp") or "")),
+            dropout=float(config.get("dropout") or 0.0),
+            pretrained=config.get("pretrained") or None,
+            freeze=str(config.get("freeze") or "none"),
+            batchnorm=bool(config.get("batchnorm") or False),
+        )
+        check_feasible(cfg)
+        return cfg
+    overrides: dict[str, Any] = {"image_size": image_size, "num_classes": num_classes}
+    for dim in SPACE_DIMENSIONS:
+        if dim.model_field and config.get(dim.key) is not None:
+            overrides[dim.model_field] = dim.from_config(config[dim.key])
+    # The two dimensions without a field of their own: the preset itself, and a multiplier
+    # of the preset's (adapted) channels.
+    cfg = get_config(arch, **overrides)
+    width = float(config.get("width", DIMENSIONS["width"].default))
+    if width != 1.0:
+        cfg = cfg.with_layers(channels=[max(1, round(c.out_channels * width)) for c in cfg.convs])
+    return cfg
+
+
+def check_space(space: SearchSpace, *, image_size: int, num_classes: int) -> list[str]:
+    """Raise ExperimentError if no architecture the space can produce is feasible at this image
+    size; otherwise return the reasons of the infeasible combinations (may be empty).
+
+    The dimensions marked `feasibility` are enumerated (a range is checked at its ends)."""
+    from hpsearch.models import InfeasibleArchitecture
+
+    dims = [(dim, domain) for dim, domain in _sampled(space) if dim.feasibility]
+    options = [domain.values() or domain.ends() for _, domain in dims]
+    reasons: list[str] = []
+    feasible = 0
+    for combo in itertools.product(*options):
+        config = {dim.key: dim.kind.categorical(v) for (dim, _), v in zip(dims, combo, strict=True)}
+        try:
+            model_config(config, image_size=image_size, num_classes=num_classes)
+            feasible += 1
+        except InfeasibleArchitecture as e:
+            reasons.append(f"{_describe(config)}: {e}")
+        except ValueError as e:
+            raise ExperimentError(f"search.space: {_describe(config)}: {e}") from None
+    if not feasible:
+        raise ExperimentError(
+            f"search.space: no architecture it can produce is feasible at data.image_size={image_size}:\n  "
+            + "\n  ".join(reasons)
+            + "\nUse a larger image size, smaller strides/kernels, or other presets (see `hpsearch models`)."
+        )
+    return reasons
+
+
+def _describe(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items())
+
+
+def config_label(config: dict[str, Any]) -> str:
+    """A short readable name of a trial's config: its architecture and optimizer."""
+    parts = [str(config.get("arch", "?"))]
+    if config.get("optimizer"):
+        parts.append(f"{config['optimizer']} lr={config.get('lr', 0):.2g}")
+    return " ".join(parts)

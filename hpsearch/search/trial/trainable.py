@@ -1,0 +1,469 @@
+"""The Ray Tune trainable: one trial = build the model, train it for some epochs on batches
+sliced from the shared cache arrays, report metrics and a checkpoint after every epoch.
+
+Every epoch reports `train_loss`, `train_accuracy`, `train_macro_precision`, `val_loss`,
+`val_accuracy`, `val_macro_precision` (torchmetrics), `seconds`, `images_per_s`, the per-step
+training losses (`step_loss`) and the validation confusion matrix (`confusion`). `status` is
+`running`, or `infeasible` / `diverged` on the trial's last report. Every report also carries
+the trial's facts: model shape, `precision`, `channels_last`, `device` and `data_placement`.
+
+Trials packed on one GPU share it: a trial keeps its images resident on the device only within
+its share of the device's memory (`placement`), else streams them from the node's one host copy.
+Whatever a trial held (model, optimizer, device-resident images) is released when it ends, so
+the next trial on a reused actor starts on an empty device.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.search.trial.checkpoints import replayed, report_with_checkpoint, restore
+
+if TYPE_CHECKING:
+    from hpsearch.search.trial.inputs import TrialData, TrialSettings
+
+# `train.data_on_device: auto` keeps a trial's images on the GPU when they take at most this
+# share of the device's free memory divided among the trials packed on it; the rest of each
+# trial's share is left to the model, optimizer state, activations and cuDNN's workspaces.
+DEVICE_SHARE = 0.5
+PLACEMENTS = ("auto", "always", "never")  # or a size in GB per trial
+
+
+def trials_per_device(gpus: float) -> int:
+    """How many trials Ray packs on one GPU with `resources.gpus: gpus` (1 / gpus, rounded
+    down, at least 1)."""
+    return max(1, math.floor(1 / gpus + 1e-9)) if gpus > 0 else 1
+
+
+def placement(
+    images_bytes: int, free_bytes: int, trials_per_device: int, setting: str | float = "auto"
+) -> str:
+    """`device` (keep the trial's images resident on the GPU) or `stream` (copy each batch from
+    the host). `setting` is `train.data_on_device`: `always`, `never`, a budget in GB (1e9
+    bytes) per trial, or `auto`: a budget of DEVICE_SHARE x free_bytes / trials_per_device."""
+    if setting == "always":
+        return "device"
+    if setting == "never":
+        return "stream"
+    if setting == "auto":
+        budget = DEVICE_SHARE * free_bytes / max(1, int(trials_per_device))
+    elif isinstance(setting, int | float) and not isinstance(setting, bool) and setting > 0:
+        budget = float(setting) * 1e9
+    else:
+        raise ValueError(
+            f"data_on_device {setting!r}: use auto, always, never or a size in GB, e.g. 6"
+        )
+    return "device" if images_bytes <= budget else "stream"
+
+
+def data_placement(device: str, images_bytes: int, settings: TrialSettings) -> str:
+    """The trial's placement: `host` on the CPU, else `placement` with the free memory of the
+    trial's GPU now (before its model is built)."""
+    if not device.startswith("cuda"):
+        return "host"
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    return placement(images_bytes, free, trials_per_device(settings.gpus), settings.data_on_device)
+
+
+def choose_precision(requested: str, device: str) -> str:
+    """'bf16' or 'fp32'. `auto` picks bf16 autocast only where the hardware runs it fast:
+    CUDA with bf16 support, or a CPU with AMX tiles. Elsewhere bf16 is emulated and slower."""
+    import torch
+
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return "bf16" if amx is not None and amx() else "fp32"
+
+
+def use_channels_last(precision: str, device: str) -> bool:
+    """Channels-last memory with bf16 everywhere, and on the CPU also in fp32: there oneDNN's
+    convolutions and max pooling vectorise over channels, which made small and medium AlexNet
+    variants 1.2x to 1.8x faster per step (FlatAlexNet width 0.25 at 64 px: 292 -> 165 ms,
+    1 thread; full AlexNet at 227 px: the same within noise). Same arithmetic either way."""
+    return precision == "bf16" or not device.startswith("cuda")
+
+
+def build_model(cfg):
+    """The module of a model config: a preset's ConvNet or a torchvision backbone's net."""
+    from hpsearch.models import BackboneConfig, ConvNet, build_backbone
+
+    return build_backbone(cfg) if isinstance(cfg, BackboneConfig) else ConvNet(cfg)
+
+
+def model_cost(cfg) -> tuple[int, int]:
+    """(parameters, multiply-adds per image) of a model config, by arithmetic or on the meta
+    device (nothing allocated)."""
+    from hpsearch.models import BackboneConfig, backbones, count_macs, count_params
+
+    if isinstance(cfg, BackboneConfig):
+        return backbones.count_params(cfg), backbones.count_macs(cfg)
+    return count_params(cfg), count_macs(cfg)
+
+
+def trainable_params(model, config: dict[str, Any]):
+    """What the optimizer steps: every parameter of a preset; for a backbone the trainable
+    backbone parameters at lr x `backbone_lr_scale` and the head's at lr (two groups)."""
+    from hpsearch.models import BackboneConfig, param_groups
+
+    if not isinstance(getattr(model, "cfg", None), BackboneConfig):
+        return model.parameters()
+    backbone, head = param_groups(model)
+    scale = float(config.get("backbone_lr_scale") or 1.0)
+    lr = float(config.get("lr") or 0.01)
+    groups = [{"params": head, "lr": lr}]
+    if backbone:
+        groups.insert(0, {"params": backbone, "lr": lr * scale})
+    return groups
+
+
+def make_optimizer(config: dict[str, Any], params):
+    import torch
+
+    name = config.get("optimizer", "sgd")
+    lr = float(config.get("lr", 0.01))
+    wd = float(config.get("weight_decay", 0.0) or 0.0)
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=float(config.get("momentum", 0.9)), weight_decay=wd
+        )
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=lr, momentum=float(config.get("momentum", 0.0) or 0.0), weight_decay=wd
+        )
+    raise ValueError(f"optimizer {name!r}: allowed are sgd, adam, rmsprop")
+
+
+def worst_value(mode: str) -> float:
+    # What an infeasible or diverged trial tells the sampler: the worst possible score, so TPE
+    # learns to avoid that region (a failed Optuna trial would teach it nothing).
+    return 0.0 if mode == "max" else float("inf")
+
+
+def _evaluate(model, batches, num_classes: int, autocast) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassConfusionMatrix,
+        MulticlassPrecision,
+    )
+
+    device = next(model.parameters()).device
+    acc = MulticlassAccuracy(num_classes, average="micro").to(device)
+    prec = MulticlassPrecision(num_classes, average="macro").to(device)
+    confusion = MulticlassConfusionMatrix(num_classes).to(device)
+    loss_sum = torch.zeros((), device=device)
+    n = 0
+    model.eval()
+    with torch.inference_mode():
+        for x, y in batches:
+            with autocast():
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            n += y.numel()
+            acc.update(logits, y)
+            prec.update(logits, y)
+            confusion.update(logits, y)
+    return {
+        "loss": loss_sum.item() / max(n, 1),
+        "accuracy": acc.compute().item(),
+        "macro_precision": prec.compute().item(),
+        "confusion": confusion.compute().cpu().tolist(),
+    }
+
+
+class Trainer:
+    """Model, optimizer and batches of one trial, outside Ray: the trainable, the same-init
+    warm-up and the k-fold re-training all run their epochs through it."""
+
+    def __init__(
+        self,
+        cfg,
+        config: dict[str, Any],
+        data: TrialData,
+        settings: TrialSettings,
+        *,
+        train_idx,
+        val_idx,
+    ) -> None:
+        import contextlib
+
+        import torch
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassPrecision
+
+        from hpsearch.data_pipeline import Batches
+        from hpsearch.models import BackboneConfig, input_normalization
+
+        torch.set_num_threads(max(1, int(settings.cpus)))
+        self.device = "cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu"
+        image_bytes = (len(train_idx) + len(val_idx)) * math.prod(data.images.shape[1:])
+        self.data_placement = data_placement(self.device, image_bytes, settings)
+        self.precision = choose_precision(settings.precision, self.device)
+        fast = self.precision == "bf16"
+        device_type = self.device.split(":")[0]  # not `self`: no cycle keeps a trial alive
+        self._autocast = (
+            (lambda: torch.autocast(device_type=device_type, dtype=torch.bfloat16))
+            if fast
+            else contextlib.nullcontext
+        )
+        self.seed = int(settings.seed)
+        self.num_classes = data.num_classes
+        torch.manual_seed(self.seed)
+        self.model = build_model(cfg)
+        if data.init_state is not None:
+            self.model.load_state_dict(data.init_state)
+        self.channels_last = use_channels_last(self.precision, self.device)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model.to(device=self.device, memory_format=memory_format)
+        self.optimizer = make_optimizer(config, trainable_params(self.model, config))
+        # search.space.l1: the seed's L1 penalty on the weights (conv kernels, linear matrices;
+        # biases and batch norm's scales are 1-d and left out), added to the training loss.
+        self.l1 = float(config.get("l1") or 0.0)
+        self._penalised = [p for p in self.model.parameters() if p.ndim > 1] if self.l1 else []
+        batch_size = int(config.get("batch_size") or settings.batch_size)
+        # Pretrained weights expect the inputs normalised as in their training (ImageNet's
+        # mean/std); presets and randomly initialised backbones use the data's own.
+        norm = input_normalization(cfg) if isinstance(cfg, BackboneConfig) else None
+        mean, std = norm if norm is not None else (data.mean, data.std)
+        self.normalization = (tuple(mean), tuple(std))
+        common = dict(
+            device=self.device,
+            mean=mean,
+            std=std,
+            channels_last=self.channels_last,
+            resident=self.data_placement == "device",
+        )
+        self.train_batches = Batches(
+            data.images,
+            data.labels,
+            indices=train_idx,
+            batch_size=batch_size,
+            shuffle=True,
+            seed=self.seed,
+            augment=settings.augment,
+            **common,
+        )
+        self.eval_train_batches = self.train_batches.with_options(
+            batch_size=settings.eval_batch_size, shuffle=False, augment=False
+        )
+        self.val_batches = Batches(
+            data.images,
+            data.labels,
+            indices=val_idx,
+            batch_size=settings.eval_batch_size,
+            shuffle=False,
+            **common,
+        )
+        self._acc = MulticlassAccuracy(self.num_classes, average="micro").to(self.device)
+        self._prec = MulticlassPrecision(self.num_classes, average="macro").to(self.device)
+
+    def close(self) -> None:
+        """Drop the model, optimizer, metrics and batches (with any device-resident images), so
+        their memory is free even while something (a traceback) still holds the trainer."""
+        for name in (
+            "model",
+            "optimizer",
+            "train_batches",
+            "eval_train_batches",
+            "val_batches",
+            "_acc",
+            "_prec",
+            "_penalised",
+        ):
+            self.__dict__.pop(name, None)
+
+    def weights_digest(self) -> str:
+        """A fingerprint of the current weights (same digest = identical weights)."""
+        import hashlib
+
+        h = hashlib.sha1()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch; returns step losses, train metrics, seconds, images/s. The step losses
+        are checked by the caller: a non-finite loss means the trial diverged."""
+        import torch
+        import torch.nn.functional as F
+
+        t0 = time.perf_counter()
+        torch.manual_seed(self.seed * 1000 + epoch)  # dropout masks: the same after a resume
+        self.train_batches.set_epoch(epoch)
+        self._acc.reset()
+        self._prec.reset()
+        self.model.train()
+        losses, n_images = [], 0
+        for x, y in self.train_batches:
+            with self._autocast():
+                logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            if self.l1:
+                loss = loss + self.l1 * l1_norm(self._penalised)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.detach())
+            self._acc.update(logits.detach().float(), y)
+            self._prec.update(logits.detach().float(), y)
+            n_images += y.numel()
+        step_loss = torch.stack(losses).float().cpu().tolist()
+        seconds = time.perf_counter() - t0
+        return {
+            "step_loss": step_loss,
+            "train_loss": sum(step_loss) / len(step_loss),
+            "train_accuracy": self._acc.compute().item(),
+            "train_macro_precision": self._prec.compute().item(),
+            "seconds": seconds,
+            "images_per_s": n_images / seconds,
+        }
+
+    def evaluate(self, batches) -> dict[str, Any]:
+        return _evaluate(self.model, batches, self.num_classes, self._autocast)
+
+
+def l1_norm(params):
+    """The sum of |w| over `params`, as one tensor (differentiable)."""
+    import torch
+
+    return torch.stack([p.abs().sum() for p in params]).sum()
+
+
+def first_non_finite(values: list[float]) -> int | None:
+    return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+
+
+def release_device_memory() -> None:
+    """Collect what a finished trial left unreachable and, on CUDA, hand the allocator's cached
+    blocks back to the device (for the other trials packed on it)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def train_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSettings) -> None:
+    """Ray Tune function trainable. `data` holds the cache arrays (shared through the object
+    store), `settings` the experiment's fixed training settings. With `fold` in the config it
+    trains on the other folds, validates on that one, and at the end also evaluates the
+    training folds (for the k-fold train-vs-test error estimates).
+
+    With `reuse_actors` the next trial runs in the same process: whatever this one held on the
+    device is released when it returns or raises (an exception's traceback would otherwise keep
+    the frames, and with them the model, optimizer and images, alive: ray-project/ray#32725)."""
+    try:
+        _run_trial(config, data=data, settings=settings)
+    except BaseException as e:
+        traceback.clear_frames(e.__traceback__)  # the locals of the frames it passed through
+        raise
+    finally:
+        release_device_memory()
+
+
+def _run_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSettings) -> None:
+    from ray import tune
+
+    from hpsearch.models import InfeasibleArchitecture
+    from hpsearch.search.experiment.space import model_config
+
+    metric, mode = settings.metric, settings.mode
+    try:
+        cfg = model_config(config, image_size=settings.image_size, num_classes=data.num_classes)
+    except InfeasibleArchitecture as e:
+        tune.report(
+            {metric: worst_value(mode), "status": "infeasible", "reason": str(e), "epoch": 0}
+        )
+        return
+    train_idx, val_idx = data.split(config.get("fold"))
+    trainer = Trainer(cfg, config, data, settings, train_idx=train_idx, val_idx=val_idx)
+    try:
+        _train(trainer, cfg, config, settings)
+    finally:
+        trainer.close()
+
+
+def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSettings) -> None:
+    import ray
+    from ray import tune
+
+    from hpsearch.search.experiment.dimensions import encode_layers
+
+    metric, mode = settings.metric, settings.mode
+    params, macs = model_cost(cfg)
+    convs = getattr(cfg, "convs", ())  # a backbone's layers are torchvision's own
+    facts = {
+        "params": params,
+        "macs": macs,
+        "model_channels": encode_layers([c.out_channels for c in convs]),
+        "model_strides": encode_layers([c.stride for c in convs]),
+        "model_kernels": encode_layers([c.kernel for c in convs]),
+        "model_mlp": encode_layers(cfg.mlp),
+        "model_dropout": cfg.dropout,
+        "model_batchnorm": cfg.batchnorm,
+        "precision": trainer.precision,
+        "channels_last": trainer.channels_last,
+        "device": trainer.device,
+        "data_placement": trainer.data_placement,  # device, stream (GPU) or host (CPU)
+        "init_digest": trainer.weights_digest(),
+        # Which Ray node ran the epoch: node IPs coincide for nodes sharing a machine.
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
+    start_epoch, reports = 0, []
+    restored = restore(trainer.device)
+    if restored is not None:
+        trainer.model.load_state_dict(restored.state["model"])
+        trainer.optimizer.load_state_dict(restored.state["optimizer"])
+        start_epoch, reports = restored.state["epoch"] + 1, restored.reports
+        # Again, marked: the result file may lack the epochs since Tune's last snapshot.
+        for report in replayed(reports):
+            tune.report(report)
+        del restored  # a second copy of the weights, on the trial's device
+
+    epochs = settings.epochs
+    for epoch in range(start_epoch, epochs):
+        result: dict[str, Any] = {"epoch": epoch + 1, **facts, **trainer.train_epoch(epoch)}
+        bad = first_non_finite(result["step_loss"])
+        if bad is not None:
+            result.update(
+                {
+                    metric: worst_value(mode),
+                    "status": "diverged",
+                    "step_loss": result["step_loss"][: bad + 1],
+                    "reason": f"non-finite training loss at step {bad + 1} of epoch {epoch + 1}",
+                }
+            )
+            for key in ("train_loss", "train_accuracy", "train_macro_precision"):
+                result.pop(key)
+            tune.report(result)
+            return
+        t0 = time.perf_counter()
+        val = trainer.evaluate(trainer.val_batches)
+        result.update(
+            {
+                "status": "running",
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "val_macro_precision": val["macro_precision"],
+                "confusion": val["confusion"],
+            }
+        )
+        if config.get("fold") is not None and epoch + 1 == epochs:
+            train_eval = trainer.evaluate(trainer.eval_train_batches)
+            result.update({f"train_eval_{k}": v for k, v in train_eval.items() if k != "confusion"})
+        result["seconds"] += time.perf_counter() - t0
+        reports.append(result)
+        report_with_checkpoint(result, trainer.model, trainer.optimizer, epoch, reports)

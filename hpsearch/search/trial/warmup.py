@@ -1,0 +1,66 @@
+"""Same initial weights for optimizer comparisons (the seed's protocol): train the experiment's
+fixed architecture once with SGD, save the weights in the run directory, and start every trial
+from them, so trials differ only by what the search varies (optimizer, lr, dropout, ...)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.rundir import INIT_FILE, atomic_write
+from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.space import fixed_architecture, model_config
+
+if TYPE_CHECKING:
+    from hpsearch.search.trial.inputs import TrialData, TrialSettings
+    from hpsearch.search.experiment.schema import Experiment
+
+
+def warmup_weights(
+    exp: Experiment,
+    data: TrialData,
+    settings: TrialSettings,
+    run_dir: Path,
+    *,
+    fold: int | None = None,
+    path: Path | None = None,
+) -> dict[str, Any]:
+    """The shared initial state dict: read from `path` (default `run_dir/init_weights.pt`) if
+    an earlier call (or the interrupted run being resumed) wrote it, else trained now and
+    written there. It trains on `data.split(fold)`'s training rows only: the search's train
+    part, or for a k-fold fold the other folds, so no image a fold is evaluated on has shaped
+    the weights that fold starts from."""
+    import torch
+
+    from hpsearch.search.trial.trainable import Trainer, first_non_finite
+
+    path = Path(path) if path is not None else Path(run_dir) / INIT_FILE
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    warm = exp.train.same_init
+    config = {
+        **fixed_architecture(exp.search.space),
+        "optimizer": "sgd",
+        "lr": warm.lr,
+        "momentum": warm.momentum,
+    }
+    cfg = model_config(config, image_size=exp.data.image_size, num_classes=data.num_classes)
+    # The warm-up runs in the driver, outside Ray: it may use every core.
+    settings = dataclasses.replace(settings, cpus=os.cpu_count() or 1)
+    train_idx, val_idx = data.split(fold)
+    trainer = Trainer(cfg, config, data, settings, train_idx=train_idx, val_idx=val_idx)
+    for epoch in range(warm.epochs):
+        losses = trainer.train_epoch(epoch)["step_loss"]
+        bad = first_non_finite(losses)
+        if bad is not None:
+            raise ExperimentError(
+                f"train.same_init: the SGD warm-up{'' if fold is None else f' of fold {fold}'} "
+                f"diverged at step {bad + 1} of epoch {epoch + 1}; "
+                f"lower train.same_init.lr (now {warm.lr})"
+            )
+    state = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: torch.save(state, f))
+    return state
