@@ -144,8 +144,8 @@ def summarize(rows: list[dict]) -> tuple[float, bool]:
 
 def main(argv: list[str]) -> None:
     from hpsearch.search.driver.demo import DEMO_EXPERIMENT, write_digits
-    from hpsearch.search.experiment.schema import load_experiment
     from hpsearch.search.driver.tuner import run
+    from hpsearch.search.experiment.schema import load_experiment
 
     p = argparse.ArgumentParser(
         prog="bench_efficiency",

@@ -111,8 +111,8 @@ def packed_search(
     name: str | None = None,
 ) -> tuple[float, dict]:
     """(wall seconds, the run's tables) of a small search, the cache built before the clock."""
-    from hpsearch.search.trial.inputs import load_data
     from hpsearch.search.driver.tuner import run
+    from hpsearch.search.trial.inputs import load_data
 
     name = name or f"packed-{int(round(1 / gpus))}"
     exp = experiment(

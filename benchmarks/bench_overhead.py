@@ -56,8 +56,8 @@ def epoch_seconds(exp, data) -> float:
     """One training + validation epoch of the fixed config, timed here with 1 thread."""
     import torch
 
-    from hpsearch.search.trial.inputs import TrialSettings
     from hpsearch.search.experiment.space import model_config
+    from hpsearch.search.trial.inputs import TrialSettings
     from hpsearch.search.trial.trainable import Trainer
 
     threads = torch.get_num_threads()
@@ -81,8 +81,8 @@ def epoch_seconds(exp, data) -> float:
 
 def main(argv: list[str]) -> None:
     from hpsearch.search.driver.demo import write_digits
-    from hpsearch.search.trial.inputs import load_data
     from hpsearch.search.driver.tuner import run
+    from hpsearch.search.trial.inputs import load_data
 
     p = argparse.ArgumentParser(
         prog="bench_overhead",

@@ -85,8 +85,8 @@ def measure(
     """`plain`: contiguous (NCHW) memory whatever hpsearch would choose: the fp32 eager row."""
     from unittest import mock
 
-    from hpsearch.search.trial import trainable
     from hpsearch.search.experiment.space import model_config
+    from hpsearch.search.trial import trainable
 
     n_train = len(data.train_idx)
     config = {

@@ -1,48 +1,60 @@
-"""The project's import graph: no cycles between modules (imports inside functions count), and
-packages depend on each other only in the documented direction."""
+"""The project's layout as tests: one import package, floors that import only downwards, rooms
+inside `hpsearch.search` that import only downwards, and no import cycle anywhere (imports
+inside functions and type-only imports count: both are dependencies a reader must know of).
+
+Floors, bottom up: rundir; models; data_pipeline; analysis (reads run directories: never
+search, Ray or torch); search; then benchmarks. Inside search: errors; experiment (what the
+user asks for: no torch, no Ray); storage; console; trial (what a Ray worker runs); integrations;
+driver; cli. A room may import the rooms below it, never one above."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("rundir", "models", "data_pipeline", "search", "analysis", "experiments", "benchmarks")
-# What each package may import from the others (DESIGN: search -> models, data_pipeline;
-# analysis reads files only, through rundir and search's pure dimension table).
-ALLOWED = {
-    "rundir": set(),
-    "models": set(),
-    "experiments": set(),
-    "data_pipeline": {"rundir"},
-    "search": {"rundir", "models", "data_pipeline", "analysis", "experiments"},
-    "analysis": {"rundir", "search.dimensions"},
-    "benchmarks": {"rundir", "models", "data_pipeline", "search", "analysis"},
+ROOTS = ("hpsearch", "benchmarks")
+
+# Each module's room is the longest prefix listed here; a room may import its own modules and
+# the rooms of a lower rank (the same rank: neither imports the other).
+RANKS = {
+    "hpsearch": 0,  # the package's __init__ / __main__ (below: __main__ is ranked with cli)
+    "hpsearch.experiments": 0,  # data files only
+    "hpsearch.rundir": 1,
+    "hpsearch.models": 2,
+    "hpsearch.data_pipeline": 3,
+    "hpsearch.analysis": 4,
+    "hpsearch.search": 5,  # search/__init__
+    "hpsearch.search.errors": 5,
+    "hpsearch.search.experiment": 6,
+    "hpsearch.search.storage": 7,
+    "hpsearch.search.console": 8,
+    "hpsearch.search.trial": 9,
+    "hpsearch.search.integrations": 10,
+    "hpsearch.search.driver": 11,
+    "hpsearch.search.cli": 12,
+    "hpsearch.__main__": 13,
+    "benchmarks": 14,
 }
 
 
 def _modules() -> dict[str, Path]:
     out = {}
-    for pkg in PACKAGES:
-        for path in sorted((REPO / pkg).rglob("*.py")):
+    for root in ROOTS:
+        for path in sorted((REPO / root).rglob("*.py")):
             parts = path.relative_to(REPO).with_suffix("").parts
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             out[name] = path
     return out
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
-    """Project modules `name` imports anywhere in its body (not under `if TYPE_CHECKING:`,
-    which never runs)."""
+    """Project modules `name` imports anywhere in its body: at the top, inside functions and
+    under `if TYPE_CHECKING:` alike."""
     is_pkg = path.name == "__init__.py"
     found: set[str] = set()
 
@@ -51,11 +63,7 @@ def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
             target = target.rpartition(".")[0]
         return target or None
 
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 found.add(resolve(alias.name) or "")
@@ -67,18 +75,31 @@ def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
                 base = ".".join([*anchor, base] if base else anchor)
             for alias in node.names:
                 found.add(resolve(f"{base}.{alias.name}") or resolve(base) or "")
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(ast.parse(path.read_text(), filename=str(path)))
     found.discard("")
     found.discard(name)
     return found
 
 
+def _third_party(path: Path) -> set[str]:
+    """Top-level names of everything `path` imports, anywhere in its body."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
 def import_graph() -> dict[str, set[str]]:
     modules = _modules()
     return {name: _imports(path, name, modules) for name, path in modules.items()}
+
+
+def room(module: str) -> str:
+    while module not in RANKS:
+        module = module.rpartition(".")[0]
+    return module
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -104,10 +125,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_the_graph_sees_imports_inside_functions():
+def test_the_graph_sees_imports_inside_functions_and_type_only_imports():
     graph = import_graph()
-    assert "models" in graph["search.space"]  # imported inside model_config only
-    assert "search.trainable" in graph["search.warmup"]
+    assert "hpsearch.models.convnet" in graph["hpsearch.models.factory"]  # inside build() only
+    assert "hpsearch.search.experiment.schema" in graph["hpsearch.search.trial.inputs"]  # typing
 
 
 def test_the_cycle_finder_finds_a_cycle():
@@ -115,49 +136,97 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+def test_every_module_has_a_room():
+    for module in _modules():
+        assert room(module) in RANKS, module
+    top = {p.name for p in (REPO / "hpsearch").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert {f"hpsearch.{n}" for n in top} <= set(RANKS), "a new sub-package needs its rank"
+
+
 def test_no_import_cycles_between_project_modules():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_packages_depend_only_in_the_documented_direction(package):
-    bad = {}
+def test_no_arrow_goes_up_a_floor_or_across_rooms():
+    bad = []
     for module, targets in import_graph().items():
-        if module.split(".")[0] != package:
-            continue
+        src = room(module)
         for target in targets:
-            top = target.split(".")[0]
-            if top == package:
-                continue
-            if not any(
-                target == a or target.startswith(a + ".") or top == a for a in ALLOWED[package]
-            ):
-                bad.setdefault(module, []).append(target)
-    assert not bad, f"{package} imports outside its allowed dependencies: {bad}"
+            dst = room(target)
+            if dst != src and RANKS[dst] >= RANKS[src]:
+                bad.append(f"{module} -> {target}")
+    assert not bad, "imports against the layout (see docs/layout.md):\n  " + "\n  ".join(bad)
+
+
+def test_analysis_never_imports_search_ray_or_torch():
+    for module, path in _modules().items():
+        if room(module) != "hpsearch.analysis":
+            continue
+        assert not {t for t in import_graph()[module] if t.startswith("hpsearch.search")}, module
+        assert not _third_party(path) & {"ray", "torch", "torchvision", "torchmetrics"}, module
+
+
+def test_the_experiment_room_imports_neither_torch_nor_ray():
+    """What the user asks for is checked without the heavy stack: the experiment room's
+    modules name neither library, and loading and validating every packaged experiment's
+    space (shape arithmetic included) leaves both unimported."""
+    for module, path in _modules().items():
+        if room(module) == "hpsearch.search.experiment":
+            assert not _third_party(path) & {"ray", "torch", "torchvision"}, module
+    code = (
+        "import sys\n"
+        "from hpsearch.search.experiment.files import packaged_experiments, packaged_path\n"
+        "from hpsearch.search.experiment.schema import load_experiment\n"
+        "from hpsearch.search.experiment.space import check_space\n"
+        "for name in packaged_experiments():\n"
+        "    exp = load_experiment(packaged_path(name))\n"
+        "    if not any(a.startswith('tv/') for a in (exp.search.space.arch.values() or [])):\n"
+        "        check_space(exp.search.space, image_size=exp.data.image_size, num_classes=10)\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'ray') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_trial_never_imports_the_driver_the_cli_or_the_integrations():
+    for module, targets in import_graph().items():
+        if room(module) == "hpsearch.search.trial":
+            above = {t for t in targets if RANKS[room(t)] > RANKS["hpsearch.search.trial"]}
+            assert not above, (module, above)
 
 
 def test_search_kfold_and_the_warmup_never_import_each_other():
-    """They meet only in search.inputs (the hand-offs) and search.study (the chaining)."""
+    """They meet only in the trial's inputs (the hand-offs) and driver.study (the chaining)."""
     graph = import_graph()
-    parts = {"search.tuner", "search.kfold", "search.warmup"}
+    parts = {
+        "hpsearch.search.driver.tuner",
+        "hpsearch.search.driver.kfold",
+        "hpsearch.search.trial.warmup",
+    }
     for module in parts:
         assert not graph[module] & parts, (module, graph[module] & parts)
+
+
+@pytest.mark.parametrize("generic", ["models", "search", "analysis", "data_pipeline", "rundir"])
+def test_no_module_imports_a_generic_top_level_name(generic):
+    for module, path in _modules().items():
+        assert generic not in _third_party(path), f"{module} imports top-level {generic!r}"
 
 
 def test_the_driver_reaches_ray_without_torch():
     """torch takes seconds to import and only trials need it: validating an experiment (its
     architectures included) and the modules that start Ray, Tune and export do not import it,
     so the driver's start does not wait for it (a same-init warm-up still does)."""
-    import subprocess
-    import sys
-
     code = (
         "import sys\n"
-        "from search.experiment_files import resolve_experiment as resolve\n"
-        "from search.schema import load_experiment\n"
-        "from search.validate import check_experiment\n"
-        "import search.tuner, search.study, search.tune_setup, search.export, search.cli\n"
+        "from hpsearch.search.experiment.files import resolve_experiment as resolve\n"
+        "from hpsearch.search.experiment.schema import load_experiment\n"
+        "from hpsearch.search.driver.validate import check_experiment\n"
+        "import hpsearch.search.driver.tuner, hpsearch.search.driver.study\n"
+        "import hpsearch.search.driver.tune_setup, hpsearch.search.driver.export\n"
+        "import hpsearch.search.cli\n"
         "exp = load_experiment(resolve('demo'))\n"
         "check_experiment(exp)\n"
         "print(sorted(m for m in ('torch', 'torchvision', 'torchmetrics') if m in sys.modules))\n"

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from hpsearch.analysis._common import MissingDataError, colors, legend_outside, new_figure, pretty, require
+from hpsearch.analysis._common import (
+    MissingDataError,
+    colors,
+    legend_outside,
+    new_figure,
+    pretty,
+    require,
+)
 from hpsearch.analysis.stats import mean_interval
 
 if TYPE_CHECKING:

@@ -27,7 +27,11 @@ from hpsearch.analysis.compare import (
 from hpsearch.analysis.confusion import confused_pairs, merge_suggestions, plot_confusion_matrix
 from hpsearch.analysis.curves import plot_accuracy_curves, plot_loss_curves
 from hpsearch.analysis.kfold import kfold_summary, plot_kfold
-from hpsearch.analysis.progress import param_importances, plot_param_importances, plot_search_progress
+from hpsearch.analysis.progress import (
+    param_importances,
+    plot_param_importances,
+    plot_search_progress,
+)
 from hpsearch.analysis.run import Run, load_run
 from hpsearch.analysis.stats import (
     Answer,
@@ -37,16 +41,13 @@ from hpsearch.analysis.stats import (
     interval_text,
     recommend_run,
 )
-from hpsearch.rundir import REPORT_DIR, atomic_write, write_text
-from hpsearch.search.experiment.dimensions import DIMENSIONS
+from hpsearch.rundir import CONFIG_REPORT_COLUMNS, REPORT_DIR, atomic_write, write_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 # The top-trials table: each search dimension's report column, in the table's order.
-SHOWN_COLUMNS = [
-    "trial_id", "status", *(d.report for d in DIMENSIONS.values() if d.report), "epochs",
-]  # fmt: skip
+SHOWN_COLUMNS = ["trial_id", "status", *CONFIG_REPORT_COLUMNS, "epochs"]
 ANSWER_TITLE = "Which CNN to train"
 ANSWER_COLUMNS = (
     "rank", "config_id", "label", "one_se_rule", "metric", "folds", "mean", "ci_low", "ci_high",

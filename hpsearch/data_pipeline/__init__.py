@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from hpsearch.data_pipeline.cache import Cache, build_cache, load_cache, mean_std
 from hpsearch.data_pipeline.decode import decode_image, decode_shard
-from hpsearch.data_pipeline.prepare import PrepareSummary, default_cache_root, format_summary, prepare
+from hpsearch.data_pipeline.prepare import (
+    PrepareSummary,
+    default_cache_root,
+    format_summary,
+    prepare,
+)
 from hpsearch.data_pipeline.scan import DatasetError, assign_labels, fingerprint, scan
 from hpsearch.data_pipeline.split import assign_folds, assign_split, materialize_split
 

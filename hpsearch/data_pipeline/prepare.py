@@ -34,7 +34,15 @@ from hpsearch.data_pipeline.cache import (
     mean_std,
 )
 from hpsearch.data_pipeline.housekeeping import build_lock_path, mark_in_use
-from hpsearch.data_pipeline.scan import OK, SKIPPED, DatasetError, assign_labels, fingerprint, scan, slug
+from hpsearch.data_pipeline.scan import (
+    OK,
+    SKIPPED,
+    DatasetError,
+    assign_labels,
+    fingerprint,
+    scan,
+    slug,
+)
 from hpsearch.data_pipeline.split import (
     TEST,
     TRAIN,

@@ -1,6 +1,8 @@
 """CNN classifiers for the search: config as data, one builder, named presets.
 
-``ConvNetConfig`` describes conv stages and an MLP head; ``ConvNet`` builds
+One entry for every family (``models.factory``): ``make_config(arch, ...)``,
+``build(cfg)``, ``cost(cfg)``, ``check(cfg)``: a caller never branches on preset or
+backbone. ``ConvNetConfig`` describes conv stages and an MLP head; ``ConvNet`` builds
 it; ``models.shapes`` checks by arithmetic that it fits the image size;
 ``models.presets`` names the seed's AlexNet variants. ``models.backbones``
 adds torchvision classifiers (``tv/resnet18``) with the same kind of head,
@@ -22,7 +24,6 @@ from hpsearch.models.backbones import (
     build_backbone,
     check_backbone_name,
     fetch_weights,
-    input_normalization,
     is_backbone,
     list_backbones,
     missing_weights,
@@ -32,6 +33,16 @@ from hpsearch.models.backbones import (
     weights_file,
 )
 from hpsearch.models.config import ConvNetConfig, ConvSpec
+from hpsearch.models.factory import (
+    Cost,
+    ModelConfig,
+    build,
+    check,
+    cost,
+    input_normalization,
+    make_config,
+    parameter_groups,
+)
 from hpsearch.models.presets import (
     adapt_to_image_size,
     create_model,
@@ -54,9 +65,9 @@ from hpsearch.models.table import format_backbones_table, format_models_table
 
 if TYPE_CHECKING:
     from hpsearch.models.backbones import BackboneNet
-    from hpsearch.models.convnet import ConvNet, build
+    from hpsearch.models.convnet import ConvNet
 
-_TORCH_NAMES = ("ConvNet", "build")
+_TORCH_NAMES = ("ConvNet",)
 
 
 def __getattr__(name: str) -> Any:
@@ -75,6 +86,8 @@ __all__ = [
     "BACKBONE_PREFIX",
     "BackboneConfig",
     "BackboneNet",
+    "Cost",
+    "ModelConfig",
     "ConvNet",
     "ConvNetConfig",
     "ConvSpec",
@@ -84,8 +97,10 @@ __all__ = [
     "build",
     "build_backbone",
     "check_backbone_name",
+    "check",
     "check_feasible",
     "count_macs",
+    "cost",
     "count_params",
     "create_model",
     "feasibility",
@@ -100,9 +115,11 @@ __all__ = [
     "layer_table",
     "list_backbones",
     "list_models",
+    "make_config",
     "missing_weights",
     "model_cfgs",
     "param_groups",
+    "parameter_groups",
     "size_warning",
     "trained_size",
     "weights_file",

@@ -11,6 +11,7 @@ from hpsearch.rundir.atomic import (
 )
 from hpsearch.rundir.layout import (
     COMPARISON_FILE,
+    CONFIG_REPORT_COLUMNS,
     CONFUSION_FILE,
     EPOCHS_FILE,
     ERROR_FILE,
@@ -56,6 +57,7 @@ from hpsearch.rundir.layout import (
 
 __all__ = [
     "COMPARISON_FILE",
+    "CONFIG_REPORT_COLUMNS",
     "CONFUSION_FILE",
     "EPOCHS_FILE",
     "ERROR_FILE",

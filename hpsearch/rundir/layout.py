@@ -37,6 +37,13 @@ TABLES = (
     "final_confusion",
 )
 TRIALS_FILE = "trials.parquet"
+# The trials table's config columns that the report shows, in its order: one per search
+# dimension (its `Dimension.report`; tests/search/test_dimensions.py keeps the two in step).
+CONFIG_REPORT_COLUMNS = (
+    "arch", "pretrained", "freeze", "backbone_lr_scale", "width", "model_strides",
+    "model_kernels", "dropout", "batchnorm", "batch_size", "l1", "mlp", "optimizer", "lr",
+    "momentum", "weight_decay",
+)  # fmt: skip
 EPOCHS_FILE = "epochs.parquet"
 STEPS_FILE = "steps.parquet"
 CONFUSION_FILE = "confusion.parquet"

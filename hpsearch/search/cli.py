@@ -277,6 +277,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from hpsearch.search.experiment.reference import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"JSON Schema of experiment files written to {out}")
+    return 0
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from hpsearch.search.integrations.dashboard import DEFAULT_HOST, DEFAULT_PORT, serve
 
@@ -405,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a field; repeatable",
     )
     v.set_defaults(func=_cmd_validate)
+
+    sc = sub.add_parser(
+        "schema", help="write the experiment files' JSON Schema, for editors (VS Code's YAML)"
+    )
+    sc.add_argument("--out", default=None, metavar="FILE", help="write it here (default: stdout)")
+    sc.set_defaults(func=_cmd_schema)
 
     r = sub.add_parser("run", help="run the search an experiment file describes")
     r.add_argument("file", help="experiment YAML or packaged name, e.g. experiments/demo.yaml")

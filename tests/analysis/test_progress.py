@@ -3,7 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpsearch.analysis import MissingDataError, best_so_far, plot_param_importances, plot_search_progress
+from hpsearch.analysis import (
+    MissingDataError,
+    best_so_far,
+    plot_param_importances,
+    plot_search_progress,
+)
 
 
 def test_best_so_far_max(tables):

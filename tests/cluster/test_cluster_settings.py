@@ -7,12 +7,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from hpsearch.search.driver import session
-
-from hpsearch.search.driver import tune_setup
-
-from hpsearch.search.driver import tuner
 from hpsearch.search.cli import main
+from hpsearch.search.driver import session, tune_setup, tuner
 from hpsearch.search.experiment.schema import Experiment, ExperimentError
 
 

@@ -236,9 +236,9 @@ def test_overrides_are_validated():
 
 def test_importing_models_touches_no_gpu_and_no_ray():
     code = (
-        "import sys, torch, models\n"
+        "import sys, torch, hpsearch.models\n"
         "assert not torch.cuda.is_initialized()\n"
-        "assert 'ray' not in sys.modules and 'search' not in sys.modules\n"
+        "assert 'ray' not in sys.modules and 'hpsearch.search' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

@@ -11,7 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpsearch.rundir import atomic_path, atomic_write, write_json, write_npy, write_parquet, write_text
+from hpsearch.rundir import (
+    atomic_path,
+    atomic_write,
+    write_json,
+    write_npy,
+    write_parquet,
+    write_text,
+)
 
 
 def _half_then(exc: BaseException):
@@ -112,9 +119,10 @@ def test_importing_rundir_touches_no_disk_and_no_heavy_modules(tmp_path: Path):
     import sys
 
     code = (
-        "import json, sys, rundir\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules}"
-        " & {'torch', 'ray', 'pydantic', 'search', 'analysis', 'data_pipeline', 'models'})))"
+        "import json, sys, hpsearch.rundir\n"
+        "names = {m.split('.')[0] for m in sys.modules} | {'.'.join(m.split('.')[:2]) for m in sys.modules}\n"
+        "print(json.dumps(sorted(names & {'torch', 'ray', 'pydantic', 'hpsearch.search',"
+        " 'hpsearch.analysis', 'hpsearch.data_pipeline', 'hpsearch.models'})))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True

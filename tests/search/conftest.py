@@ -59,8 +59,8 @@ def make_trainer(tiny_data, tiny_settings):
     def make(monkeypatch=None, channels_last: bool | None = None):
         import numpy as np
 
-        from hpsearch.search.trial import trainable
         from hpsearch.search.experiment.space import model_config
+        from hpsearch.search.trial import trainable
 
         if channels_last is not None:
             monkeypatch.setattr(trainable, "use_channels_last", lambda *a: channels_last)

@@ -11,9 +11,10 @@ import pytest
 import torch
 from ray import tune
 
-from hpsearch.search.trial import checkpoints
-from hpsearch.search.trial.checkpoints import REPLAYED, repair_lost_checkpoints, replayed, restore
 from hpsearch.search.driver.export import read_results
+from hpsearch.search.trial import checkpoints
+from hpsearch.search.trial.checkpoints import repair_lost_checkpoints, restore
+from hpsearch.search.trial.report import REPLAYED, replayed
 
 
 def _save(trial: Path, index: int, epoch: int) -> Path:

@@ -13,7 +13,6 @@ import sys
 import pytest
 
 from hpsearch.search import cli
-
 from hpsearch.search.console import printer as console
 from hpsearch.search.console.tune import ConsoleReporter
 

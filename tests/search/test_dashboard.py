@@ -22,8 +22,8 @@ from optuna.trial import TrialState
 from ray import tune
 
 from hpsearch.search.cli import main
-from hpsearch.search.integrations.dashboard import dashboard_app, storage_url
 from hpsearch.search.driver.searcher import ResumableOptunaSearch
+from hpsearch.search.integrations.dashboard import dashboard_app, storage_url
 
 RUN_DIR = "/runs/r1"
 FACTS = {"params": 51683, "macs": 1175232, "node_id": "node-a"}

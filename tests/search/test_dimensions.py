@@ -12,6 +12,10 @@ import optuna
 import pytest
 import yaml
 
+from hpsearch.rundir import CONFIG_REPORT_COLUMNS
+from hpsearch.search.driver.export import collect
+from hpsearch.search.driver.tune_setup import shown_params
+from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.dimensions import (
     BOOL,
     DIMENSIONS,
@@ -24,11 +28,8 @@ from hpsearch.search.experiment.dimensions import (
     Fixed,
     Range,
 )
-from hpsearch.search.errors import ExperimentError
-from hpsearch.search.driver.export import collect
 from hpsearch.search.experiment.schema import load_experiment
 from hpsearch.search.experiment.space import build_space, model_config
-from hpsearch.search.driver.tune_setup import shown_params
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DIMS = list(DIMENSIONS.values())
@@ -99,6 +100,12 @@ def sample(exp, n: int = 24) -> list[tuple[dict, dict]]:
         out.append((define(trial), dict(trial.params)))
         study.tell(trial, 0.5)
     return out
+
+
+def test_the_reports_columns_are_the_dimensions_report_columns():
+    """analysis reads runs without importing search: rundir holds the report's column list,
+    and it is the dimension table's, in its order."""
+    assert CONFIG_REPORT_COLUMNS == tuple(d.report for d in DIMENSIONS.values() if d.report)
 
 
 def test_the_table_is_consistent():

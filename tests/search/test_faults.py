@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from hpsearch.rundir import TUNE_STATE_GLOB
-from hpsearch.search.trial.checkpoints import REPORTS_FILE
 from hpsearch.search.cli import main
 from hpsearch.search.driver.export import collect, tune_statuses
+from hpsearch.search.trial.checkpoints import REPORTS_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ import pickle
 import numpy as np
 import pytest
 
+from hpsearch.search.driver.tune_setup import trainable
+from hpsearch.search.experiment.schema import Experiment
 from hpsearch.search.trial.images import ImageSource, start_image_server
 from hpsearch.search.trial.inputs import load_data
-from hpsearch.search.experiment.schema import Experiment
-from hpsearch.search.driver.tune_setup import trainable
 
 
 @pytest.fixture(scope="module")

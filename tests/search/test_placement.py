@@ -8,8 +8,8 @@ import torch
 import yaml
 
 from hpsearch.search.errors import ExperimentError
-from hpsearch.search.trial.inputs import TrialSettings
 from hpsearch.search.experiment.schema import load_experiment
+from hpsearch.search.trial.inputs import TrialSettings
 from hpsearch.search.trial.trainable import data_placement, placement, trials_per_device
 
 GB = 10**9

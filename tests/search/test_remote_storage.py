@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from hpsearch.search.storage import remote
 from hpsearch.search.cli import main
 from hpsearch.search.errors import ExperimentError
+from hpsearch.search.storage import remote
 
 
 def _free_port() -> int:

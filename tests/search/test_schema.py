@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from hpsearch.search.cli import main
-from hpsearch.search.experiment.dimensions import BOOL, FLOAT, INT, LAYERS, STR
 from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.dimensions import BOOL, FLOAT, INT, LAYERS, STR
 from hpsearch.search.experiment.schema import apply_overrides, load_experiment
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def base() -> dict:
 
 
 def test_demo_file_validates():
-    exp = load_experiment(REPO / "experiments" / "demo.yaml")
+    exp = load_experiment(REPO / "hpsearch" / "experiments" / "demo.yaml")
     assert exp.search.metric == "val_accuracy" and exp.search.mode == "max"
     assert exp.search.num_trials >= 12
     assert exp.scheduler.type == "asha"
@@ -228,11 +228,11 @@ def test_validate_cli_rejects_an_infeasible_only_space(tmp_path, capsys):
 def test_every_experiment_file_validates(capsys, tmp_path, monkeypatch):
     from hpsearch.models import weights_file
 
-    files = sorted((REPO / "experiments").glob("*.yaml"))
+    files = sorted((REPO / "hpsearch" / "experiments").glob("*.yaml"))
     assert files
     # transfer.yaml's pretrained weights: missing on this offline machine, then present
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    transfer = REPO / "experiments" / "transfer.yaml"
+    transfer = REPO / "hpsearch" / "experiments" / "transfer.yaml"
     assert main(["validate", str(transfer)]) == 2
     err = capsys.readouterr().err
     assert "hpsearch weights fetch tv/" in err and str(tmp_path / "torch") in err

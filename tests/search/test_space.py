@@ -6,8 +6,8 @@ import optuna
 import pytest
 
 from hpsearch.models import InfeasibleArchitecture, count_params, get_config
-from hpsearch.search.experiment.dimensions import decode_layers, encode_layers
 from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.dimensions import decode_layers, encode_layers
 from hpsearch.search.experiment.schema import SearchSpace
 from hpsearch.search.experiment.space import build_space, check_space, grid_points, model_config
 

@@ -15,7 +15,7 @@ import torch
 from hpsearch.search.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (REPO / "hpsearch" / "experiments").glob("*.yaml"))
 # Files that run as a whole search through the CLI and Ray (each has its own protocol: same-init,
 # k-fold after the search, transfer learning, the demo's whole answer) ...
 SEARCHED = ["demo", "full", "kfold", "optimizers", "transfer"]
@@ -79,13 +79,14 @@ def test_kfold_and_its_warmups_never_train_on_what_they_evaluate(
     import ray
     from ray import tune
 
-    from hpsearch.search.trial import trainable
-    from hpsearch.search.trial.inputs import TrialSettings, fold_init_files, load_data, load_final_data
     from hpsearch.search.driver.kfold import fold_trial
     from hpsearch.search.experiment.schema import load_experiment
+    from hpsearch.search.trial import trainable
+    from hpsearch.search.trial.inputs import TrialSettings, load_data, load_final_data
+    from hpsearch.search.trial.same_init import fold_init_files
 
     exp = load_experiment(
-        REPO / "experiments" / "optimizers.yaml",
+        REPO / "hpsearch" / "experiments" / "optimizers.yaml",
         [
             f"data.folder={small_folder}",
             f"data.cache={cache_root}",
@@ -148,7 +149,7 @@ def test_kfold_after_a_search_and_resumable(
 ):
     args = [
         "run",
-        str(REPO / "experiments" / "architectures.yaml"),
+        str(REPO / "hpsearch" / "experiments" / "architectures.yaml"),
         "--name",
         "arch",
         *tiny(small_folder, cache_root, tmp_path),
@@ -247,7 +248,7 @@ def test_same_init_trials_start_from_identical_weights(
 ):
     args = [
         "run",
-        str(REPO / "experiments" / "optimizers.yaml"),
+        str(REPO / "hpsearch" / "experiments" / "optimizers.yaml"),
         "--name",
         "opt",
         *tiny(small_folder, cache_root, tmp_path),
@@ -296,7 +297,7 @@ def test_same_init_trials_start_from_identical_weights(
 
 
 def test_same_init_requires_a_fixed_architecture(capsys):
-    path = REPO / "experiments" / "optimizers.yaml"
+    path = REPO / "hpsearch" / "experiments" / "optimizers.yaml"
     assert main(["validate", str(path), "--set", "search.space.arch=[AlexNet,FlatAlexNet]"]) == 2
     assert "train.same_init needs a fixed architecture" in capsys.readouterr().err
 
@@ -318,12 +319,12 @@ def test_the_first_feasible_trial_of_each_study_trains(
     from ray import tune
 
     from hpsearch.models import InfeasibleArchitecture
-    from hpsearch.search.trial.inputs import TrialSettings, load_data
     from hpsearch.search.experiment.schema import load_experiment
     from hpsearch.search.experiment.space import build_space, grid_points, model_config
+    from hpsearch.search.trial.inputs import TrialSettings, load_data
     from hpsearch.search.trial.trainable import train_trial
 
-    path = REPO / "experiments" / f"{name}.yaml"
+    path = REPO / "hpsearch" / "experiments" / f"{name}.yaml"
     overrides = [
         f"data.folder={small_folder}",
         f"data.cache={cache_root}",
@@ -409,7 +410,7 @@ def test_every_experiment_runs_with_tiny_overrides(
         ]
     args = [
         "run",
-        str(REPO / "experiments" / f"{name}.yaml"),
+        str(REPO / "hpsearch" / "experiments" / f"{name}.yaml"),
         "--name",
         name,
         *tiny(small_folder, cache_root, tmp_path),

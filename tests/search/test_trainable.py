@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hpsearch.search.experiment.dimensions import OPTIMIZER_DEFAULTS
-from hpsearch.search.trial.trainable import choose_precision, make_optimizer, worst_value
+from hpsearch.search.trial.report import worst_value
+from hpsearch.search.trial.trainable import choose_precision, make_optimizer
 
 
 def params():

@@ -29,8 +29,8 @@ from hpsearch.rundir import (
     table_file,
     write_parquet,
 )
-from hpsearch.search.trial.checkpoints import REPLAYED
 from hpsearch.search.errors import ExperimentError
+from hpsearch.search.trial.report import ENDED_BY_TRAINABLE, REPLAYED, end_status
 
 _RESERVED = {"step_loss", "confusion", "config", "reason", "status"}
 
@@ -97,16 +97,6 @@ def _error_text(trial_dir: Path) -> str:
     return lines[-1].strip() if lines else "error"
 
 
-def end_status(last: dict[str, Any], epochs: int | None) -> str:
-    """How a trial that ended without an exception ended, from its last report: infeasible or
-    diverged (the trainable says so), completed (it ran the experiment's `epochs`) or stopped
-    (ASHA stopped it before). trials.parquet and the Optuna study's user attributes agree."""
-    status = last.get("status")
-    if status in ("infeasible", "diverged"):
-        return status
-    return "completed" if epochs is None or last.get("epoch", 0) >= epochs else "stopped"
-
-
 def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str, pd.DataFrame]:
     """Build the four tables from a run directory. `epochs` is the experiment's budget per
     trial (to tell completed from early-stopped trials), `classes` the label names."""
@@ -128,7 +118,7 @@ def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str
         last = results[-1] if results else {}
         status = last.get("status")
         error = _error_text(trial_dir) if trial_dir else ""
-        if status in ("infeasible", "diverged"):
+        if status in ENDED_BY_TRAINABLE:
             pass
         elif tune_status == "ERROR" or (error and tune_status is None):
             status = "error"

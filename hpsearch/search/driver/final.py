@@ -39,11 +39,11 @@ from hpsearch.rundir import (
     coerce,
     write_parquet,
 )
-from hpsearch.search.errors import ExperimentError
 from hpsearch.search.driver.export import trial_config
-from hpsearch.search.trial.inputs import TrialSettings, load_final_data
+from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.schema import Experiment, load_run_experiment
 from hpsearch.search.experiment.space import config_label, model_config
+from hpsearch.search.trial.inputs import TrialSettings, load_final_data
 
 
 @dataclass(frozen=True)

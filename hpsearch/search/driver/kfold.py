@@ -32,22 +32,21 @@ from hpsearch.rundir import (
     write_json,
     write_parquet,
 )
-from hpsearch.search.errors import ExperimentError
 from hpsearch.search.driver.export import read_results, trial_config, tune_statuses
+from hpsearch.search.driver.session import ray_session
+from hpsearch.search.driver.tune_setup import restore_tuner, run_config, trainable, trial_dirname
+from hpsearch.search.driver.validate import check_tracking
+from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.schema import Experiment, load_run_experiment
+from hpsearch.search.experiment.space import config_label
+from hpsearch.search.storage.remote import checkout, is_uri, read_bytes
 from hpsearch.search.trial.inputs import (
     TrialData,
     TrialSettings,
-    fold_init_file,
-    fold_init_files,
     for_cluster,
     load_data,
 )
-from hpsearch.search.storage.remote import checkout, is_uri, read_bytes
-from hpsearch.search.experiment.schema import Experiment, load_run_experiment
-from hpsearch.search.driver.session import ray_session
-from hpsearch.search.experiment.space import config_label
-from hpsearch.search.driver.tune_setup import restore_tuner, run_config, trainable, trial_dirname
-from hpsearch.search.driver.validate import check_tracking
+from hpsearch.search.trial.same_init import fold_init_file, fold_init_files
 
 
 def select_configs(

@@ -16,8 +16,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from hpsearch.search.trial.checkpoints import REPLAYED
-from hpsearch.search.integrations.dashboard import user_attrs
+from hpsearch.search.trial.report import REPLAYED, RUNNING, user_attrs
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +106,6 @@ class ResumableOptunaSearch(OptunaSearch):
             not error
             and self._max_epochs is not None
             and bool(result)
-            and result.get("status") == "running"
+            and result.get("status") == RUNNING
             and int(result.get("epoch", 0)) < self._max_epochs
         )

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.rundir import EXPERIMENT_FILE
-from hpsearch.search.driver import kfold
-from hpsearch.search.driver import tuner
-from hpsearch.search.experiment.schema import load_experiment
+from hpsearch.search.driver import kfold, tuner
 from hpsearch.search.driver.session import ray_session
+from hpsearch.search.experiment.schema import load_experiment
 
 if TYPE_CHECKING:
     from hpsearch.search.experiment.schema import Experiment

@@ -14,8 +14,8 @@ from hpsearch.search.experiment.space import build_space, grid_points, in_every_
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from hpsearch.search.trial.inputs import TrialData, TrialSettings
     from hpsearch.search.experiment.schema import Experiment
+    from hpsearch.search.trial.inputs import TrialData, TrialSettings
 
 SHOWN_METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_precision"]
 
@@ -120,9 +120,9 @@ def run_config(exp: Experiment, name: str, storage: Path | str, *, reporter: boo
     from ray.tune.logger import JsonLoggerCallback
 
     from hpsearch.search.console.tune import ConsoleReporter
+    from hpsearch.search.integrations.tracking import tracking_callbacks
     from hpsearch.search.storage.remote import tune_storage
     from hpsearch.search.storage.remote_tune import keep_credentials_out_of_ray, storage_callbacks
-    from hpsearch.search.integrations.tracking import tracking_callbacks
 
     keep_credentials_out_of_ray()
 

@@ -26,15 +26,21 @@ from hpsearch.rundir import (
     table_file,
     write_text,
 )
-from hpsearch.search.trial.checkpoints import repair_lost_checkpoints
-from hpsearch.search.errors import ExperimentError
 from hpsearch.search.driver.export import export_run, library_versions
-from hpsearch.search.trial.inputs import TrialData, TrialSettings, for_cluster, load_data, with_init_state
-from hpsearch.search.storage.remote import RemoteRun, checkout, is_uri, open_run, parse_uri
-from hpsearch.search.experiment.schema import Experiment, load_run_experiment
 from hpsearch.search.driver.session import ray_session
 from hpsearch.search.driver.tune_setup import new_tuner, restore_tuner, search_trainable
 from hpsearch.search.driver.validate import check_experiment, check_tracking
+from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.schema import Experiment, load_run_experiment
+from hpsearch.search.storage.remote import RemoteRun, checkout, is_uri, open_run, parse_uri
+from hpsearch.search.trial.checkpoints import repair_lost_checkpoints
+from hpsearch.search.trial.inputs import (
+    TrialData,
+    TrialSettings,
+    for_cluster,
+    load_data,
+)
+from hpsearch.search.trial.same_init import with_init_state
 
 
 def default_run_name(exp: Experiment) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING
 
-from hpsearch.search.errors import ExperimentError
 from hpsearch.search.driver.session import check_storage
+from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.space import check_space
 
 if TYPE_CHECKING:

@@ -16,6 +16,9 @@ from importlib.resources.abc import Traversable
 from pathlib import Path, PurePath
 
 PACKAGE = "hpsearch.experiments"
+# The folders a packaged experiment is written under: `experiments/demo.yaml` (as the docs and
+# earlier versions name them) and `hpsearch/experiments/demo.yaml` (where the file lives).
+FOLDERS = (("experiments",), ("hpsearch", "experiments"))
 SUFFIX = ".yaml"
 
 # Resources that are not plain files (a zipped install) are extracted once per process and
@@ -43,8 +46,8 @@ def packaged_name(path: str | os.PathLike[str]) -> str | None:
     """The packaged experiment `path` names, or None: `demo`, `demo.yaml` and
     `experiments/demo.yaml` all name `demo` (whether or not it exists)."""
     parts = PurePath(path).parts
-    if len(parts) == 2 and parts[0] == PACKAGE and parts[1].endswith(SUFFIX):
-        return parts[1].removesuffix(SUFFIX)
+    if parts[:-1] in FOLDERS and parts[-1].endswith(SUFFIX):
+        return parts[-1].removesuffix(SUFFIX)
     if len(parts) == 1 and parts[0] not in ("", ".", ".."):
         return parts[0].removesuffix(SUFFIX)
     return None

@@ -9,83 +9,33 @@ field holding its typed domain (`Fixed`, `Choices`, `Range`), written back in it
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
     ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
 
 from hpsearch.rundir import EXPERIMENT_FILE, METRICS, NAME_PATTERN, metric_mode
-from hpsearch.search.experiment.dimensions import OPTIMIZER, OPTIMIZER_PARAMS, OPTIMIZERS, SPACE_DIMENSIONS, Dimension
 from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.files import packaged_names_hint
 from hpsearch.search.experiment.space import grid_points, varying_architecture_dims
+from hpsearch.search.experiment.space_model import SearchSpace
+from hpsearch.search.experiment.space_model import Strict as _Strict
+
+# train.data_on_device: where a trial keeps its images on a GPU (or a size in GB per trial).
+PLACEMENTS = ("auto", "always", "never")
 
 __all__ = ["Experiment", "ExperimentError", "SearchSpace", "apply_overrides", "load_experiment"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-def _to_data(domain: Any) -> Any:
-    return None if domain is None else domain.to_data()
-
-
-def _dimension_field(dim: Dimension) -> tuple[Any, Any]:
-    typ = Annotated[Any, BeforeValidator(dim.parse), PlainSerializer(_to_data)]
-    return typ, Field(default=dim.default, description=dim.help)
-
-
-# Conditional parameters of one optimizer (each a search dimension; left out: its default).
-OptimizerSpace = create_model(
-    "OptimizerSpace",
-    __base__=_Strict,
-    __module__=__name__,
-    **{d.name: _dimension_field(d) for d in OPTIMIZER_PARAMS},
-)
-
-
-def _optimizer_form(cls, v: Any) -> Any:
-    # `optimizer: adam` or `optimizer: [sgd, adam]` mean: those, with default parameters.
-    if isinstance(v, str):
-        v = [v]
-    if isinstance(v, list):
-        OPTIMIZER.parse(v)  # names the unknown ones
-        v = {o: {} for o in v}
-    if isinstance(v, dict):
-        if not v:
-            raise ValueError(f"name at least one optimizer of {list(OPTIMIZERS)}")
-        v = {k: ({} if p is None else p) for k, p in v.items()}
-    return v
-
-
-# What the sampler may change. A dimension left out keeps the preset's value.
-SearchSpace = create_model(
-    "SearchSpace",
-    __base__=_Strict,
-    __module__=__name__,
-    __validators__={
-        "_optimizer_form": field_validator("optimizer", mode="before")(_optimizer_form)
-    },
-    **{d.name: _dimension_field(d) for d in SPACE_DIMENSIONS},
-    optimizer=(
-        dict[Literal[OPTIMIZERS], OptimizerSpace],  # type: ignore[valid-type]
-        Field(default_factory=lambda: {"sgd": OptimizerSpace()}, description=OPTIMIZER.help),
-    ),
-)
 
 
 class DataSection(_Strict):
@@ -180,8 +130,6 @@ class TrainSection(_Strict):
     @field_validator("data_on_device", mode="before")
     @classmethod
     def _data_on_device(cls, v: Any) -> str | float:
-        from hpsearch.search.trial.trainable import PLACEMENTS
-
         text = v.strip().lower() if isinstance(v, str) else v
         if isinstance(text, str) and text.removesuffix("gb").strip():
             try:  # "6GB", "6 GB", "6"
@@ -317,8 +265,6 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experime
     try:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        from hpsearch.search.experiment.files import packaged_names_hint
-
         raise ExperimentError(f"{path}: no such experiment file; {packaged_names_hint()}") from None
     except yaml.YAMLError as e:
         raise ExperimentError(f"{path}: not valid YAML: {e}") from None
@@ -361,9 +307,6 @@ def check_trusted(run_dir: Path) -> None:
     """Refuse a run directory that another user owns or others may write to: `resume` and
     `kfold` unpickle Ray Tune's state from it (tuner.pkl, the searcher), which runs code, so
     a run directory must be trusted like code. Checked: the folder and its pickles."""
-    import os
-    import stat
-
     uid = os.getuid() if hasattr(os, "getuid") else None
     paths = [run_dir, *sorted(run_dir.glob("*.pkl")), *sorted(run_dir.glob("kfold/*.pkl"))]
     for path in paths:

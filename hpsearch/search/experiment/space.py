@@ -15,6 +15,9 @@ import itertools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from hpsearch import models
+from hpsearch.models import InfeasibleArchitecture, ModelConfig
+from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.dimensions import (
     DIMENSIONS,
     OPTIMIZER,
@@ -25,11 +28,9 @@ from hpsearch.search.experiment.dimensions import (
     Domain,
     encode_layers,
 )
-from hpsearch.search.errors import ExperimentError
 
 if TYPE_CHECKING:
-    from hpsearch.models import ConvNetConfig
-    from hpsearch.search.experiment.schema import SearchSpace
+    from hpsearch.search.experiment.space_model import SearchSpace
 
 
 def _sampled(space: SearchSpace) -> Iterator[tuple[Dimension, Domain]]:
@@ -149,7 +150,7 @@ def in_every_config(space: SearchSpace, dim: Dimension) -> bool:
 def fixed_architecture(space: SearchSpace) -> dict[str, Any]:
     """The trial-config keys that reach the model, for a space that fixes the weights' shapes
     (what the same-init warm-up trains)."""
-    import optuna
+    import optuna  # not at the top: the CLI validates experiments before it is needed
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     config = DefineSpace(space)(study.ask())
@@ -157,41 +158,23 @@ def fixed_architecture(space: SearchSpace) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k in keep}
 
 
-def model_config(config: dict[str, Any], *, image_size: int, num_classes: int) -> ConvNetConfig:
-    """The ConvNetConfig (a preset) or BackboneConfig (`tv/<name>`) a trial config describes.
-    Raises InfeasibleArchitecture when the feature map would vanish, ValueError for values the
-    model rejects. A backbone takes the head's dimensions (mlp, dropout, batchnorm for the
-    head) and its own (pretrained, freeze); the conv dimensions (width, strides, kernels)
-    shape presets only."""
-    from hpsearch.models import get_config, is_backbone
-
-    arch = config.get("arch", DIMENSIONS["arch"].default)
-    if is_backbone(arch):
-        from hpsearch.models.backbones import BackboneConfig, check_feasible
-
-        cfg = BackboneConfig(
-            name=arch,
-            num_classes=num_classes,
-            image_size=image_size,
-            mlp=tuple(DIMENSIONS["mlp_layers"].from_config(config.get("mlp") or "")),
-            dropout=float(config.get("dropout") or 0.0),
-            pretrained=config.get("pretrained") or None,
-            freeze=str(config.get("freeze") or "none"),
-            batchnorm=bool(config.get("batchnorm") or False),
-        )
-        check_feasible(cfg)
-        return cfg
-    overrides: dict[str, Any] = {"image_size": image_size, "num_classes": num_classes}
+def model_config(config: dict[str, Any], *, image_size: int, num_classes: int) -> ModelConfig:
+    """The model config (a preset's ConvNetConfig or a backbone's BackboneConfig: `models`
+    chooses) a trial config describes. Raises InfeasibleArchitecture when the feature map would
+    vanish, ValueError for values the model rejects."""
+    fields: dict[str, Any] = {}
     for dim in SPACE_DIMENSIONS:
         if dim.model_field and config.get(dim.key) is not None:
-            overrides[dim.model_field] = dim.from_config(config[dim.key])
-    # The two dimensions without a field of their own: the preset itself, and a multiplier
-    # of the preset's (adapted) channels.
-    cfg = get_config(arch, **overrides)
-    width = float(config.get("width", DIMENSIONS["width"].default))
-    if width != 1.0:
-        cfg = cfg.with_layers(channels=[max(1, round(c.out_channels * width)) for c in cfg.convs])
-    return cfg
+            fields[dim.model_field] = dim.from_config(config[dim.key])
+    for key in ("pretrained", "freeze"):  # a backbone's own
+        fields[key] = config.get(key)
+    return models.make_config(
+        config.get("arch", DIMENSIONS["arch"].default),
+        image_size=image_size,
+        num_classes=num_classes,
+        width=float(config.get("width", DIMENSIONS["width"].default)),
+        **fields,
+    )
 
 
 def check_space(space: SearchSpace, *, image_size: int, num_classes: int) -> list[str]:
@@ -199,8 +182,6 @@ def check_space(space: SearchSpace, *, image_size: int, num_classes: int) -> lis
     size; otherwise return the reasons of the infeasible combinations (may be empty).
 
     The dimensions marked `feasibility` are enumerated (a range is checked at its ends)."""
-    from hpsearch.models import InfeasibleArchitecture
-
     dims = [(dim, domain) for dim, domain in _sampled(space) if dim.feasibility]
     options = [domain.values() or domain.ends() for _, domain in dims]
     reasons: list[str] = []

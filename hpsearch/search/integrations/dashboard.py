@@ -10,50 +10,17 @@ search while the search writes the study. optuna-dashboard is an optional extra
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from hpsearch.rundir import ERROR_FILE, EXPERIMENT_FILE, OPTUNA_DB, TRIAL_PREFIX, runs_inside
+from hpsearch.rundir import EXPERIMENT_FILE, OPTUNA_DB, runs_inside
 from hpsearch.search.errors import ExperimentError
-from hpsearch.search.driver.export import end_status
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 INSTALL_HINT = "pip install 'hpsearch[dashboard]'"
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def user_attrs(
-    trial_id: str,
-    last: Mapping[str, Any] | None,
-    *,
-    ended: bool,
-    error: bool = False,
-    max_epochs: int | None = None,
-    run_dir: str | None = None,
-) -> dict[str, Any]:
-    """hpsearch's facts about a trial, for its Optuna user attributes, from its last report:
-    `status` (running while it trains; at its end completed / stopped / infeasible / diverged,
-    as trials.parquet says, or error), `error` (why it ended badly), the model's `params` and
-    `macs`, the Ray `node_id` it ran on, its last `epoch` and the `run_dir`."""
-    last = last or {}
-    attrs = {k: last[k] for k in ("params", "macs", "node_id") if last.get(k) is not None}
-    if last.get("epoch") is not None:
-        attrs["epoch"] = int(last["epoch"])
-    if run_dir:
-        attrs["run_dir"] = run_dir
-    if error:
-        trial_dir = f"{TRIAL_PREFIX}{trial_id}"
-        where = str(Path(run_dir) / trial_dir) if run_dir else trial_dir
-        attrs["status"] = "error"
-        attrs["error"] = f"the trial raised an exception: see {where}/{ERROR_FILE}"
-        return attrs
-    attrs["status"] = end_status(dict(last), max_epochs) if ended else last.get("status", "running")
-    reason = last.get("reason") or last.get("error")  # a report's, or the attribute set before
-    if reason:
-        attrs["error"] = str(reason)
-    return attrs
 
 
 def study_db(run_dir: str | Path) -> Path:

@@ -20,8 +20,8 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.logger import TBXLoggerCallback
 
 from hpsearch.rundir import KFOLD_DIR, METRIC_COLUMNS
-from hpsearch.search.trial.checkpoints import REPLAYED
 from hpsearch.search.errors import ExperimentError
+from hpsearch.search.trial.report import REPLAYED
 
 if TYPE_CHECKING:
     from hpsearch.search.experiment.schema import Experiment, TrackingSection

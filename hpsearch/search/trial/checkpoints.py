@@ -23,7 +23,6 @@ from typing import Any
 STATE_FILE = "state.pt"
 REPORTS_FILE = "reports.json"  # the trial's reports, oldest first
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's folder names: checkpoint_000000, checkpoint_000001, ...
-REPLAYED = "replayed"  # set on a report a restarted trial sends again from its checkpoint
 
 
 @dataclass(frozen=True)
@@ -82,10 +81,6 @@ def _candidates(fs, folder: str) -> list[str]:
             continue
         found.append((epoch, info.path))
     return [path for _, path in sorted(found, reverse=True)]
-
-
-def replayed(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**r, REPLAYED: True} for r in reports]
 
 
 def restore(device: str) -> Restored | None:

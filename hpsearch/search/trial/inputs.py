@@ -90,42 +90,6 @@ class TrialSettings:
         return dataclasses.replace(settings, **changes)
 
 
-def with_init_state(
-    exp: Experiment, data: TrialData, settings: TrialSettings, run_dir: Path
-) -> TrialData:
-    """`data` with the run's shared start weights (train.same_init), trained once per run
-    directory and read back from it afterwards; `data` itself without same_init."""
-    if exp.train.same_init is None:
-        return data
-    from hpsearch.search.trial.warmup import warmup_weights
-
-    state = warmup_weights(exp, data, settings, run_dir)
-    return dataclasses.replace(data, init_state=state)
-
-
-def fold_init_files(
-    exp: Experiment, data: TrialData, settings: TrialSettings, kfold_dir: Path, k: int
-) -> dict[int, str] | None:
-    """With train.same_init, fold -> the file of that fold's start weights, each warmed up on
-    the fold's training folds only (the search's shared start weights were trained on most of
-    every fold's held-out images). Written once in `kfold_dir`, read back on a rerun."""
-    if exp.train.same_init is None:
-        return None
-    from hpsearch.search.trial.warmup import warmup_weights
-
-    kfold_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for fold in range(k):
-        path = kfold_dir / fold_init_file(fold)
-        warmup_weights(exp, data, settings, kfold_dir, fold=fold, path=path)
-        files[fold] = str(path.resolve())
-    return files
-
-
-def fold_init_file(fold: int) -> str:
-    return f"init_weights-fold{fold}.pt"
-
-
 def for_cluster(data: TrialData, address: str | None) -> TrialData:
     """`data` as trials on other machines reach it: joined to a cluster (`--address`), the
     driver starts an image server next to the cache file for nodes that do not have it. Call

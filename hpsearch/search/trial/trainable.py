@@ -21,7 +21,15 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.search.trial.checkpoints import replayed, report_with_checkpoint, restore
+import ray
+from ray import tune
+
+from hpsearch import models
+from hpsearch.models import InfeasibleArchitecture
+from hpsearch.search.experiment.dimensions import encode_layers
+from hpsearch.search.experiment.space import model_config
+from hpsearch.search.trial.checkpoints import report_with_checkpoint, restore
+from hpsearch.search.trial.report import DIVERGED, INFEASIBLE, RUNNING, replayed, worst_value
 
 if TYPE_CHECKING:
     from hpsearch.search.trial.inputs import TrialData, TrialSettings
@@ -30,7 +38,6 @@ if TYPE_CHECKING:
 # share of the device's free memory divided among the trials packed on it; the rest of each
 # trial's share is left to the model, optimizer state, activations and cuDNN's workspaces.
 DEVICE_SHARE = 0.5
-PLACEMENTS = ("auto", "always", "never")  # or a size in GB per trial
 
 
 def trials_per_device(gpus: float) -> int:
@@ -92,39 +99,6 @@ def use_channels_last(precision: str, device: str) -> bool:
     return precision == "bf16" or not device.startswith("cuda")
 
 
-def build_model(cfg):
-    """The module of a model config: a preset's ConvNet or a torchvision backbone's net."""
-    from hpsearch.models import BackboneConfig, ConvNet, build_backbone
-
-    return build_backbone(cfg) if isinstance(cfg, BackboneConfig) else ConvNet(cfg)
-
-
-def model_cost(cfg) -> tuple[int, int]:
-    """(parameters, multiply-adds per image) of a model config, by arithmetic or on the meta
-    device (nothing allocated)."""
-    from hpsearch.models import BackboneConfig, backbones, count_macs, count_params
-
-    if isinstance(cfg, BackboneConfig):
-        return backbones.count_params(cfg), backbones.count_macs(cfg)
-    return count_params(cfg), count_macs(cfg)
-
-
-def trainable_params(model, config: dict[str, Any]):
-    """What the optimizer steps: every parameter of a preset; for a backbone the trainable
-    backbone parameters at lr x `backbone_lr_scale` and the head's at lr (two groups)."""
-    from hpsearch.models import BackboneConfig, param_groups
-
-    if not isinstance(getattr(model, "cfg", None), BackboneConfig):
-        return model.parameters()
-    backbone, head = param_groups(model)
-    scale = float(config.get("backbone_lr_scale") or 1.0)
-    lr = float(config.get("lr") or 0.01)
-    groups = [{"params": head, "lr": lr}]
-    if backbone:
-        groups.insert(0, {"params": backbone, "lr": lr * scale})
-    return groups
-
-
 def make_optimizer(config: dict[str, Any], params):
     import torch
 
@@ -142,12 +116,6 @@ def make_optimizer(config: dict[str, Any], params):
             params, lr=lr, momentum=float(config.get("momentum", 0.0) or 0.0), weight_decay=wd
         )
     raise ValueError(f"optimizer {name!r}: allowed are sgd, adam, rmsprop")
-
-
-def worst_value(mode: str) -> float:
-    # What an infeasible or diverged trial tells the sampler: the worst possible score, so TPE
-    # learns to avoid that region (a failed Optuna trial would teach it nothing).
-    return 0.0 if mode == "max" else float("inf")
 
 
 def _evaluate(model, batches, num_classes: int, autocast) -> dict[str, Any]:
@@ -204,7 +172,6 @@ class Trainer:
         from torchmetrics.classification import MulticlassAccuracy, MulticlassPrecision
 
         from hpsearch.data_pipeline import Batches
-        from hpsearch.models import BackboneConfig, input_normalization
 
         torch.set_num_threads(max(1, int(settings.cpus)))
         self.device = "cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -221,13 +188,18 @@ class Trainer:
         self.seed = int(settings.seed)
         self.num_classes = data.num_classes
         torch.manual_seed(self.seed)
-        self.model = build_model(cfg)
+        self.model = models.build(cfg)
         if data.init_state is not None:
             self.model.load_state_dict(data.init_state)
         self.channels_last = use_channels_last(self.precision, self.device)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(device=self.device, memory_format=memory_format)
-        self.optimizer = make_optimizer(config, trainable_params(self.model, config))
+        groups = models.parameter_groups(
+            self.model,
+            lr=float(config.get("lr") or 0.01),
+            backbone_lr_scale=float(config.get("backbone_lr_scale") or 1.0),
+        )
+        self.optimizer = make_optimizer(config, groups)
         # search.space.l1: the seed's L1 penalty on the weights (conv kernels, linear matrices;
         # biases and batch norm's scales are 1-d and left out), added to the training loss.
         self.l1 = float(config.get("l1") or 0.0)
@@ -235,7 +207,7 @@ class Trainer:
         batch_size = int(config.get("batch_size") or settings.batch_size)
         # Pretrained weights expect the inputs normalised as in their training (ImageNet's
         # mean/std); presets and randomly initialised backbones use the data's own.
-        norm = input_normalization(cfg) if isinstance(cfg, BackboneConfig) else None
+        norm = models.input_normalization(cfg)
         mean, std = norm if norm is not None else (data.mean, data.std)
         self.normalization = (tuple(mean), tuple(std))
         common = dict(
@@ -375,18 +347,11 @@ def train_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSetti
 
 
 def _run_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSettings) -> None:
-    from ray import tune
-
-    from hpsearch.models import InfeasibleArchitecture
-    from hpsearch.search.experiment.space import model_config
-
     metric, mode = settings.metric, settings.mode
     try:
         cfg = model_config(config, image_size=settings.image_size, num_classes=data.num_classes)
     except InfeasibleArchitecture as e:
-        tune.report(
-            {metric: worst_value(mode), "status": "infeasible", "reason": str(e), "epoch": 0}
-        )
+        tune.report({metric: worst_value(mode), "status": INFEASIBLE, "reason": str(e), "epoch": 0})
         return
     train_idx, val_idx = data.split(config.get("fold"))
     trainer = Trainer(cfg, config, data, settings, train_idx=train_idx, val_idx=val_idx)
@@ -397,13 +362,8 @@ def _run_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSettin
 
 
 def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSettings) -> None:
-    import ray
-    from ray import tune
-
-    from hpsearch.search.experiment.dimensions import encode_layers
-
     metric, mode = settings.metric, settings.mode
-    params, macs = model_cost(cfg)
+    params, macs = models.cost(cfg)
     convs = getattr(cfg, "convs", ())  # a backbone's layers are torchvision's own
     facts = {
         "params": params,
@@ -441,7 +401,7 @@ def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSetting
             result.update(
                 {
                     metric: worst_value(mode),
-                    "status": "diverged",
+                    "status": DIVERGED,
                     "step_loss": result["step_loss"][: bad + 1],
                     "reason": f"non-finite training loss at step {bad + 1} of epoch {epoch + 1}",
                 }
@@ -454,7 +414,7 @@ def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSetting
         val = trainer.evaluate(trainer.val_batches)
         result.update(
             {
-                "status": "running",
+                "status": RUNNING,
                 "val_loss": val["loss"],
                 "val_accuracy": val["accuracy"],
                 "val_macro_precision": val["macro_precision"],

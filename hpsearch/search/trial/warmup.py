@@ -14,8 +14,8 @@ from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.space import fixed_architecture, model_config
 
 if TYPE_CHECKING:
-    from hpsearch.search.trial.inputs import TrialData, TrialSettings
     from hpsearch.search.experiment.schema import Experiment
+    from hpsearch.search.trial.inputs import TrialData, TrialSettings
 
 
 def warmup_weights(
