@@ -1,13 +1,15 @@
 # `make run`  : install into .venv if needed, then run the demo search.
-# `make test` : install into .venv if needed, then lint and run every test.
+# `make test` : install into .venv if needed, then lint and run every test (slow ones included).
+# `make check`: lint and the fast tests only (no Ray search, no wheel build): the edit loop.
 # `make bench`: run the performance benchmarks (see benchmarks/README.md).
+# `make docs` : regenerate the experiment-file reference, then build the site into site/.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hpsearch-installed
 
-.PHONY: install run test lint browser bench clean
+.PHONY: install run test check lint browser bench docs clean
 
 install: $(STAMP)
 
@@ -44,8 +46,17 @@ browser:
 test: $(STAMP) lint browser
 	$(PY) -m pytest
 
+check: $(STAMP) lint
+	$(PY) -m pytest -m "not slow" -q
+
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
+# The experiment-file page is generated from the schema and the dimension table; the build is
+# strict (a broken link or anchor fails it), as in tests/test_docs.py.
+docs: $(STAMP)
+	$(PY) -m hpsearch.search.experiment.reference docs/reference/experiment-file.md
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build site *.egg-info

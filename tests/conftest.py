@@ -1,12 +1,16 @@
-"""Fixtures shared by every test package: one Ray instance per session, small image folders."""
+"""Fixtures shared by every test package: one Ray instance per session, small image folders.
+At the session's end no Ray or trial process that the tests started may still be alive."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 
@@ -99,3 +103,47 @@ def read_reports(result_json: Path) -> list[dict]:
 def reports():
     """read_reports: a trial's result.json as a list of reports, cut at a partial line."""
     return read_reports
+
+
+# --- no process outlives the test session ------------------------------------------------------
+
+# Every process the tests start inherits this mark in its environment (Ray's services and
+# workers, hpsearch drivers run as subprocesses, their trial actors): at the session's end none
+# may be alive. A second test session at the same time has its own mark.
+SESSION_MARK = "HPSEARCH_TEST_SESSION"
+os.environ[SESSION_MARK] = f"{os.getpid()}-{time.time_ns()}"
+
+
+def _started_by_the_tests() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if p.environ().get(SESSION_MARK) == os.environ[SESSION_MARK]:
+                found.append(p)
+        except psutil.Error:  # gone, or another user's
+            continue
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if a process the tests started is alive after Ray's shutdown (waiting up
+    to 30 s for Ray's own clean-up), and kill it, so nothing is left behind."""
+    deadline = time.monotonic() + 30
+    alive = _started_by_the_tests()
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.5)
+        alive = _started_by_the_tests()
+    lines = []
+    for p in alive:
+        try:
+            lines.append(f"  pid {p.pid} ({p.status()}): {' '.join(p.cmdline())[:160]}")
+            p.kill()
+        except psutil.Error:
+            continue
+    if lines:
+        print(
+            "\nprocesses the tests started outlived the session (killed now):\n" + "\n".join(lines)
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -106,10 +106,15 @@ def _print_answer(run_dir) -> bool:
 
 def _finish(run_dir, tables, interrupted: bool, exp) -> int:
     from hpsearch.search.console.printer import is_quiet
-    from hpsearch.search.driver.export import format_best
+    from hpsearch.search.driver.export import format_best, search_failure
     from hpsearch.search.storage.remote import display
 
     run_dir = display(run_dir)  # an s3:// run by its URI, not by its working copy
+    failure = None if interrupted else search_failure(tables["trials"], run_dir)
+    if failure is not None:  # on stderr, so -q shows it too; the tables are written
+        print(failure, file=sys.stderr)
+        print(f"results: {run_dir}")
+        return 1
 
     if is_quiet():  # -q: only where the results are, and whether the search finished
         print(f"results: {run_dir}")

@@ -168,8 +168,17 @@ def test_a_killed_driver_resumes_each_trial_from_its_newest_checkpoint(
             w.suspend()
         stale = _snapshot_time(run_dir) == snapshot
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray instance, the frozen workers
+        # The driver, its Ray instance and the frozen workers: Ray's processes are not all in
+        # the driver's process group, and a stopped orphan would hold its memory for good.
+        family = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        for p in family:
+            try:
+                p.kill()  # SIGKILL ends a stopped process too
+            except psutil.Error:
+                pass
         proc.wait()
+        psutil.wait_procs(family, timeout=30)
     # What the kill left: the result files Tune had synced, an export of them, the checkpoints.
     before = {d.name: (d / "result.json").read_text() for d in run_dir.glob("trial_*")}
     exported = collect(run_dir, epochs=epochs, classes=CLASSES)

@@ -242,3 +242,34 @@ def test_a_preset_and_a_torchvision_backbone_in_one_search(
     assert main(["report", str(run_dir)]) == 0
     html = (run_dir / "report" / "index.html").read_text()
     assert "tv/mobilenet_v3_small" in html and "FlatAlexNet" in html
+
+
+def test_a_search_in_which_every_trial_fails_exits_1_and_says_why(
+    ray_session, tmp_path, small_folder, cache_root, capsys, experiment
+):
+    """Every trial raises (the backbone's weights file is no state dict): the search exits 1,
+    prints the most common error and where the error files are (with -q too), and still
+    writes the tables."""
+    weights = tmp_path / "broken.pt"
+    weights.write_bytes(b"not a state dict")
+    path = experiment(
+        tmp_path,
+        small_folder,
+        cache_root,
+        **{
+            "search.num_trials": 2,
+            "search.space": {"arch": "tv/resnet18", "pretrained": str(weights)},
+            "train.epochs": 1,
+            "failure": {"max_retries": 0},
+        },
+    )
+    assert main(["run", str(path), "--name", "failed", "-q"]) == 1
+    captured = capsys.readouterr()
+    run_dir = tmp_path / "runs" / "failed"
+    assert "none of its 2 trial(s) finished an epoch" in captured.err
+    assert "most common error (2 of 2 trials)" in captured.err
+    assert f"{run_dir}/trial_" in captured.err and "error.txt" in captured.err
+    assert f"results: {run_dir}" in captured.out
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert list(trials["status"]) == ["error", "error"]
+    assert (trials["epochs"] == 0).all()

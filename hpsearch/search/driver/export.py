@@ -245,6 +245,28 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def search_failure(trials: pd.DataFrame, run_dir: str | Path) -> str | None:
+    """Why the search failed, or None: it failed when no trial finished an epoch. Names the
+    most common error among the trials and where their error files are."""
+    finished = trials["epochs"].fillna(0) > 0 if "epochs" in trials else pd.Series(dtype=bool)
+    if finished.any():
+        return None
+    lines = [f"the search failed: none of its {len(trials)} trial(s) finished an epoch"]
+    errors = trials["error"].dropna() if "error" in trials else pd.Series(dtype=object)
+    if len(errors):
+        counts = errors.value_counts()
+        lines.append(
+            f"most common error ({counts.iloc[0]} of {len(trials)} trials): {counts.index[0]}"
+        )
+    failed = trials.loc[trials["status"] == "error", "trial_id"] if len(trials) else []
+    if len(failed):
+        lines.append(
+            f"tracebacks: {Path(run_dir) / TRIAL_PREFIX}<id>/{ERROR_FILE}, e.g. "
+            f"{Path(run_dir) / (TRIAL_PREFIX + str(failed.iloc[0])) / ERROR_FILE}"
+        )
+    return "\n".join(lines)
+
+
 def format_best(trials: pd.DataFrame, *, metric: str, mode: str, top: int = 5) -> str:
     """The console summary of a trials table: counts by status and the best `top` trials."""
     col = best_column(metric)

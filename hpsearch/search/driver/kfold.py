@@ -33,6 +33,7 @@ from hpsearch.rundir import (
     write_parquet,
 )
 from hpsearch.search.driver.export import read_results, trial_config, tune_statuses
+from hpsearch.search.driver.resume import check_layout
 from hpsearch.search.driver.session import ray_session
 from hpsearch.search.driver.tune_setup import restore_tuner, run_config, trainable, trial_dirname
 from hpsearch.search.driver.validate import check_tracking
@@ -201,6 +202,7 @@ def run_kfold(
             exp, fold_trial, data=shared, settings=settings, configs=configs, init_files=init_files
         )
         if (kfold_dir / TUNER_FILE).exists():
+            check_layout(run_dir, remote.uri if remote is not None else None)
             tuner = restore_tuner(tune_dir, fold_trainable)
         else:
             kfold_dir.mkdir(parents=True, exist_ok=True)

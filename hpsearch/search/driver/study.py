@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpsearch.rundir import EXPERIMENT_FILE
 from hpsearch.search.driver import kfold, tuner
+from hpsearch.search.driver.resume import resume as resume_search
 from hpsearch.search.driver.session import ray_session
 from hpsearch.search.experiment.schema import load_experiment
 
@@ -47,9 +48,9 @@ def resume(
     path = checkout(run_dir)[0] / EXPERIMENT_FILE  # an s3:// run: downloaded first
     exp = load_experiment(path) if path.exists() else None
     if exp is None or exp.kfold is None:
-        return tuner.resume(run_dir, address=address, progress=progress)
+        return resume_search(run_dir, address=address, progress=progress)
     with ray_session(address):
-        run_dir, tables, interrupted = tuner.resume(run_dir, address=address, progress=progress)
+        run_dir, tables, interrupted = resume_search(run_dir, address=address, progress=progress)
         if not interrupted:
             _kfold_after(exp, run_dir, address, progress)
     return run_dir, tables, interrupted

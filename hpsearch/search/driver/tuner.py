@@ -20,7 +20,6 @@ from hpsearch.rundir import (
     EXPERIMENT_FILE,
     INIT_FILE,
     OPTUNA_DB,
-    TUNER_FILE,
     VERSIONS_FILE,
     check_name,
     table_file,
@@ -28,12 +27,11 @@ from hpsearch.rundir import (
 )
 from hpsearch.search.driver.export import export_run, library_versions
 from hpsearch.search.driver.session import ray_session
-from hpsearch.search.driver.tune_setup import new_tuner, restore_tuner, search_trainable
-from hpsearch.search.driver.validate import check_experiment, check_tracking
+from hpsearch.search.driver.tune_setup import new_tuner
+from hpsearch.search.driver.validate import check_experiment
 from hpsearch.search.errors import ExperimentError
-from hpsearch.search.experiment.schema import Experiment, load_run_experiment
-from hpsearch.search.storage.remote import RemoteRun, checkout, is_uri, open_run, parse_uri
-from hpsearch.search.trial.checkpoints import repair_lost_checkpoints
+from hpsearch.search.experiment.schema import Experiment
+from hpsearch.search.storage.remote import RemoteRun, is_uri, open_run, parse_uri
 from hpsearch.search.trial.inputs import (
     TrialData,
     TrialSettings,
@@ -117,50 +115,3 @@ def run(
         tuner = new_tuner(exp, run_dir, for_cluster(data, address), settings, storage=storage)
         tables, interrupted = _fit_and_export(tuner, exp, run_dir, data, remote)
     return run_dir, tables, interrupted
-
-
-def resume(
-    run_dir: str | Path, *, address: str | None = None, progress: bool = True
-) -> tuple[Path, dict[str, Any], bool]:
-    """Continue a stopped or crashed run: finished trials are kept, unfinished ones continue
-    from their last checkpoint, and the search completes its trial budget. `run_dir` may be
-    an s3:// or gs:// URI (or its working copy): Tune restores from there, the driver's files
-    are downloaded into the working copy first."""
-    run_dir, remote = checkout(run_dir)
-    shown = remote.uri if remote is not None else run_dir
-    if not (run_dir / EXPERIMENT_FILE).exists() or not (run_dir / TUNER_FILE).exists():
-        raise ExperimentError(
-            f"{shown} is not a run directory of hpsearch (no {EXPERIMENT_FILE} / {TUNER_FILE})"
-        )
-    exp = load_run_experiment(run_dir)
-    check_tracking(exp)  # the restored callbacks open their writers as the run continues
-    settings = TrialSettings.from_experiment(exp)
-    had_init = (run_dir / INIT_FILE).exists()
-    data = with_init_state(exp, load_data(exp, progress=progress), settings, run_dir)
-    tune_dir = str(remote.uri) if remote is not None else run_dir
-    with ray_session(address):
-        if remote is not None and not had_init and (run_dir / INIT_FILE).exists():
-            remote.upload([INIT_FILE])  # warmed up here (same_init): the next resume reuses it
-        trainable = search_trainable(exp, for_cluster(data, address), settings)
-        if remote is None:
-            repaired = repair_lost_checkpoints(run_dir)
-            if repaired and progress:
-                print(
-                    f"resume: {len(repaired)} trial(s) go on from their newest checkpoint, "
-                    "which Tune's last snapshot did not name yet"
-                )
-        tuner = restore_tuner(tune_dir, trainable)
-        tables, interrupted = _fit_and_export(tuner, exp, run_dir, data, remote)
-        if not interrupted and _lost_checkpoints(tables):
-            # Tune deletes a trial's older checkpoint before its state snapshot points at the
-            # newer one; a crash in between leaves the snapshot naming a deleted checkpoint.
-            # Those trials cannot continue, so they start again from scratch.
-            tuner = restore_tuner(tune_dir, trainable, restart_errored=True)
-            tables, interrupted = _fit_and_export(tuner, exp, run_dir, data, remote)
-    return run_dir, tables, interrupted
-
-
-def _lost_checkpoints(tables: dict[str, Any]) -> bool:
-    trials = tables["trials"]
-    errors = trials.loc[trials["status"] == "error", "error"].fillna("")
-    return bool(errors.str.contains("does not exist on storage anymore").any())

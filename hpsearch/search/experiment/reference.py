@@ -229,15 +229,12 @@ def _section(model: type[BaseModel], path: str, level: int) -> list[str]:
     lines = [f"{'#' * level} {title}", ""]
     if path and model.__doc__ and model.__doc__ is not BaseModel.__doc__:
         lines += [" ".join(model.__doc__.split()), ""]
-    lines += ["| key | type | default | description |", "|---|---|---|---|"]
+    lines += ["| key | type | default | bounds | description |", "|---|---|---|---|---|"]
     nested = []
     for name, field in model.model_fields.items():
         sub = f"{path}.{name}" if path else name
-        what = field.description or ""
-        limits = _constraints(field)
-        if limits:
-            what = f"{what} ({limits})" if what else limits
-        row = [f"`{name}`", _type(field.annotation, sub), _default(field, sub), what]
+        row = [f"`{name}`", _type(field.annotation, sub), _default(field, sub)]
+        row += [_constraints(field), field.description or ""]
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
         nested += [(m, sub) for m in _section_models(field.annotation)]
     lines.append("")
@@ -285,7 +282,8 @@ def _space_section(path: str, level: int) -> list[str]:
         f"numbers) a range: `{example.name}: {low}`, `{example.name}: [{low}, {high}]`, "
         f"`{example.name}: {{low: {low}, high: {high}}}` (`log: true` for a log scale, "
         "`step:` to grid it). A dimension left out takes its default below; one without a "
-        f"default (–) keeps the preset's own value. The optimizer's own parameters sit under [`{opt}`](#{_anchor(opt)}).",
+        "default (–) keeps the preset's own value. The optimizer's own parameters sit under "
+        f"[`{opt}`](#{_anchor(opt)}).",
         "",
         "| kind | forms |",
         "|---|---|",

@@ -39,17 +39,34 @@ __all__ = ["Experiment", "ExperimentError", "SearchSpace", "apply_overrides", "l
 
 
 class DataSection(_Strict):
-    folder: str | None = None  # image folder, one sub-folder per class (relative to the cwd)
-    cache: str | None = None  # cache root (default $HPSEARCH_CACHE or ~/.cache/hpsearch)
-    image_size: int = Field(64, ge=8, le=1024)
+    folder: str | None = Field(
+        None,
+        description="image folder, one sub-folder per class (relative to the working "
+        "directory); --data overrides it",
+    )
+    cache: str | None = Field(
+        None, description="cache root (default $HPSEARCH_CACHE or ~/.cache/hpsearch)"
+    )
+    image_size: int = Field(
+        64, ge=8, le=1024, description="side in px of the square each image is decoded to, once"
+    )
     # Three disjoint parts: trials train on train and report on the validation part, which the
     # search selects by; the test part is read only by `hpsearch final`.
-    test_fraction: float = Field(0.1, gt=0, lt=1)
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    folds: int = Field(0, ge=0)
-    merge: dict[str, list[str]] = Field(default_factory=dict)
-    seed: int = 0
-    workers: int | None = Field(None, ge=1)
+    test_fraction: float = Field(
+        0.1, gt=0, lt=1, description="the held-out test part, read only by `hpsearch final`"
+    )
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="the validation part: what trials report on"
+    )
+    folds: int = Field(
+        0, ge=0, description="stratified folds of train + validation (0: none, else >= 2)"
+    )
+    merge: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="classes to merge, new name: [old names], e.g. {People: [Celebrities]}",
+    )
+    seed: int = Field(0, description="seed of the split and the folds")
+    workers: int | None = Field(None, ge=1, description="decoding processes (default: all cores)")
 
     @field_validator("folds")
     @classmethod
@@ -69,13 +86,24 @@ class DataSection(_Strict):
 
 
 class SearchSection(_Strict):
-    algorithm: Literal["tpe", "random", "grid"] = "tpe"
-    num_trials: int = Field(20, ge=1)
-    max_concurrent: int = Field(0, ge=0)  # 0: as many as the resources allow
-    metric: Literal[METRICS] = "val_accuracy"  # type: ignore[valid-type]
-    mode: Literal["max", "min"] | None = None  # default: min for losses, else max
-    seed: int = 0
-    space: SearchSpace = Field(default_factory=SearchSpace)
+    algorithm: Literal["tpe", "random", "grid"] = Field(
+        "tpe", description="Optuna's sampler: tpe, random, or grid (every value of the space)"
+    )
+    num_trials: int = Field(20, ge=1, description="how many trials the search runs")
+    max_concurrent: int = Field(
+        0, ge=0, description="trials at a time (0: as many as the resources allow)"
+    )
+    metric: Literal[METRICS] = Field(  # type: ignore[valid-type]
+        "val_accuracy", description="what the search and ASHA optimise"
+    )
+    mode: Literal["max", "min"] | None = Field(
+        None, description="max or min (default: min for losses, else max)"
+    )
+    seed: int = Field(0, description="seed of the sampler")
+    space: SearchSpace = Field(
+        default_factory=SearchSpace,
+        description="what the sampler may change; a dimension left out keeps the preset's value",
+    )
 
     @model_validator(mode="after")
     def _mode(self) -> SearchSection:
@@ -90,42 +118,63 @@ class SearchSection(_Strict):
 
 
 class SchedulerSection(_Strict):
-    type: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, ge=1)  # epochs every trial gets before ASHA may stop it
-    reduction_factor: float = Field(3.0, gt=1)
-    # ASHA's brackets: 1 = ASHA; more = asynchronous Hyperband (Li et al. 2020), each further
-    # bracket starting its trials' first rung a reduction_factor later (a less greedy stop).
-    brackets: int = Field(1, ge=1, le=8)
+    type: Literal["asha", "none"] = Field(
+        "asha", description="asha: stop weak trials early; none: every trial trains train.epochs"
+    )
+    grace_period: int = Field(
+        1, ge=1, description="epochs every trial gets before ASHA may stop it"
+    )
+    reduction_factor: float = Field(
+        3.0, gt=1, description="ASHA promotes 1 / reduction_factor of the trials at each rung"
+    )
+    # Each further bracket starts its trials' first rung a reduction_factor later (a less
+    # greedy stop).
+    brackets: int = Field(
+        1, ge=1, le=8, description="1 = ASHA; more = asynchronous Hyperband (Li et al. 2020)"
+    )
 
 
 class SameInit(_Strict):
     """The seed's optimizer protocol: train the fixed architecture this long with SGD once,
     then start every trial from those weights."""
 
-    epochs: int = Field(1, ge=1)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    epochs: int = Field(1, ge=1, description="epochs of the SGD warm-up")
+    lr: float = Field(0.01, gt=0, description="the warm-up's learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="the warm-up's momentum")
 
 
 class KFoldSection(_Strict):
     """After the search, re-train the top configs on k stratified folds (no early stopping)."""
 
-    top: int = Field(3, ge=1)
-    k: int = Field(10, ge=2)
-    epochs: int | None = Field(None, ge=1)  # default: train.epochs
+    top: int = Field(3, ge=1, description="how many of the best configs")
+    k: int = Field(10, ge=2, description="number of stratified folds")
+    epochs: int | None = Field(None, ge=1, description="epochs per fold (default: train.epochs)")
 
 
 class TrainSection(_Strict):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    seed: int = 0
-    augment: bool = False  # on-device random crop + flip
-    eval_batch_size: int = Field(512, ge=1)
-    same_init: SameInit | None = None  # every trial starts from one SGD warm-up's weights
-    # Where a GPU trial keeps its images: auto (resident within its share of the GPU's free
-    # memory, else streamed from host memory), always, never, or a size in GB per trial (e.g. 6)
-    data_on_device: str | float = "auto"
+    epochs: int = Field(10, ge=1, description="epochs per trial (ASHA may stop one earlier)")
+    batch_size: int = Field(
+        128, ge=1, description="mini-batch size (search.space.batch_size overrides it)"
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto: bf16 autocast with channels-last where the hardware runs it fast "
+        "(a CUDA GPU with bf16, a CPU with AMX), else fp32",
+    )
+    seed: int = Field(0, description="seed of each trial's initial weights and batch order")
+    augment: bool = Field(False, description="on-device random crop + flip")
+    eval_batch_size: int = Field(512, ge=1, description="batch size of the evaluations")
+    same_init: SameInit | None = Field(
+        None,
+        description="every trial starts from one SGD warm-up's weights (needs a fixed "
+        "architecture)",
+    )
+    data_on_device: str | float = Field(
+        "auto",
+        description="where a GPU trial keeps its images: auto (resident within its share of "
+        "the GPU's free memory, else streamed from host memory), always, never, or a size in "
+        "GB per trial (e.g. 6)",
+    )
 
     @field_validator("data_on_device", mode="before")
     @classmethod
@@ -148,12 +197,16 @@ class TrainSection(_Strict):
 
 
 class ResourcesSection(_Strict):
-    cpus: float = Field(1.0, gt=0)  # per trial
-    gpus: float = Field(0.0, ge=0)  # per trial; fractions pack several trials on one GPU
+    cpus: float = Field(1.0, gt=0, description="CPUs per trial")
+    gpus: float = Field(
+        0.0, ge=0, description="GPUs per trial; fractions pack several trials on one GPU"
+    )
 
 
 class FailureSection(_Strict):
-    max_retries: int = Field(1, ge=0)  # a crashed trial restarts from its last checkpoint
+    max_retries: int = Field(
+        1, ge=0, description="how often a crashed trial restarts from its last checkpoint"
+    )
 
 
 # A tracking URI's scheme (file:, sqlite:, http:, https:, databricks, ...): a bare path would be
@@ -165,8 +218,12 @@ class TrackingSection(_Strict):
     """Copies of every trial's per-epoch metrics for the tools practitioners already use,
     written by those tools' own libraries (`pip install 'hpsearch[tracking]'`)."""
 
-    tensorboard: bool = False  # event files in each trial's folder: tensorboard --logdir RUN_DIR
-    mlflow: str | None = None  # tracking URI: one MLflow run per trial, experiment `name`
+    tensorboard: bool = Field(
+        False, description="event files in each trial's folder: tensorboard --logdir RUN_DIR"
+    )
+    mlflow: str | None = Field(
+        None, description="tracking URI: one MLflow run per trial, in the experiment `name`"
+    )
 
     @field_validator("mlflow")
     @classmethod
@@ -194,16 +251,38 @@ class TrackingSection(_Strict):
 
 
 class Experiment(_Strict):
-    name: str = Field(pattern=NAME_PATTERN, max_length=200)
-    data: DataSection = Field(default_factory=DataSection)
-    search: SearchSection = Field(default_factory=SearchSection)
-    scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
-    train: TrainSection = Field(default_factory=TrainSection)
-    resources: ResourcesSection = Field(default_factory=ResourcesSection)
-    failure: FailureSection = Field(default_factory=FailureSection)
-    tracking: TrackingSection = Field(default_factory=TrackingSection)
-    kfold: KFoldSection | None = None
-    storage: str = "runs"
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        max_length=200,
+        description="study name (also the Optuna study's): letters, digits, _ . -",
+    )
+    data: DataSection = Field(
+        default_factory=DataSection, description="the image folder, its cache and its parts"
+    )
+    search: SearchSection = Field(
+        default_factory=SearchSection, description="the sampler, the budget and the space"
+    )
+    scheduler: SchedulerSection = Field(
+        default_factory=SchedulerSection, description="early stopping"
+    )
+    train: TrainSection = Field(default_factory=TrainSection, description="how a trial trains")
+    resources: ResourcesSection = Field(
+        default_factory=ResourcesSection, description="what one trial takes"
+    )
+    failure: FailureSection = Field(
+        default_factory=FailureSection, description="what happens when a trial crashes"
+    )
+    tracking: TrackingSection = Field(
+        default_factory=TrackingSection, description="copies of the metrics: TensorBoard, MLflow"
+    )
+    kfold: KFoldSection | None = Field(
+        None, description="k-fold estimates right after the search (default: none)"
+    )
+    storage: str = Field(
+        "runs",
+        description="where run directories go: a folder, or s3://BUCKET/PREFIX or "
+        "gs://BUCKET/PREFIX (--storage overrides it)",
+    )
 
     @model_validator(mode="after")
     def _grid(self) -> Experiment:
