@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -47,10 +48,10 @@ def require(
 
 def import_optuna():
     """Optuna, imported without tqdm's notebook warning (Optuna imports tqdm.auto)."""
-    import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="IProgress not found")
+        # lazy: optuna, only for the study's own views (reading a run stays light)
         import optuna
     return optuna
 
@@ -95,6 +96,7 @@ def trial_label(trials: pd.DataFrame | None, trial_id: str) -> str:
 
 def colors(n: int) -> list[Any]:
     """Distinct colours: tab10 up to 10 lines, tab20 up to 20, then a sampled viridis."""
+    # lazy: matplotlib, only when a figure is drawn (reading a run stays light)
     from matplotlib import colormaps
 
     if n <= 10:
@@ -106,6 +108,7 @@ def colors(n: int) -> list[Any]:
 
 def new_figure(ncols: int = 1, *, width: float | None = None, height: float = 4.5):
     """A pyplot-free Figure (nothing global to close, any backend) with `ncols` axes."""
+    # lazy: matplotlib, only when a figure is drawn (reading a run stays light)
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width or 7.5 * ncols, height), layout="constrained")

@@ -128,6 +128,7 @@ def plot_architecture_comparison(
         ax_acc.plot(g["epoch"], g[cols[1]], color=color_of[value], marker="s", ms=3, ls="--")
         handles.append(h)
         labels.append(f"{group_label(value)} ({n} trial{'s' if n != 1 else ''})")
+    # lazy: matplotlib, only when a figure is drawn (reading a run stays light)
     from matplotlib.ticker import MaxNLocator
 
     ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -208,6 +209,7 @@ def plot_dropout_comparison(
     if len(values) < 2:
         only = f"only one dropout p in this run ({values[0]:.3g})" if len(values) else "no p"
         raise MissingDataError(what, f"{only}; nothing to compare")
+    # lazy: matplotlib, only when a figure is drawn (reading a run stays light)
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
     from matplotlib.lines import Line2D
@@ -233,6 +235,7 @@ def plot_dropout_comparison(
         labels = [f"p = {lab}" for lab in labels]
         ax_loss.legend(handles, labels, fontsize=8, title=col, loc="upper right")
     else:
+        # lazy: matplotlib, only when a figure is drawn (reading a run stays light)
         from matplotlib.cm import ScalarMappable
 
         fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax_loss, label=f"{col} p")

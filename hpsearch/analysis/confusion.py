@@ -76,6 +76,7 @@ def plot_confusion_matrix(
 ) -> Figure:
     """The confusion matrix of one trial as a heat map with class names on both axes; rows
     normalised to 1 by default. `annotate` writes each cell's value (default: up to 15 classes)."""
+    # lazy: matplotlib, only when a figure is drawn (reading a run stays light)
     from matplotlib.figure import Figure
 
     matrix = confusion_matrix(confusion, trial_id, normalize=normalize)

@@ -218,6 +218,7 @@ def plot_accuracy_curves(
         handles.append(h)
         labels.append(trial_label(trials, tid))
     handles, labels = with_style_legend(handles, labels)
+    # lazy: matplotlib, only when a figure is drawn (reading a run stays light)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -231,6 +232,7 @@ def plot_accuracy_curves(
 
 def with_style_legend(handles: list[Any], labels: list[str]) -> tuple[list[Any], list[str]]:
     """Append 'train' (solid) and 'validation' (dashed) entries to a colour legend."""
+    # lazy: matplotlib, only when a figure is drawn (reading a run stays light)
     from matplotlib.lines import Line2D
 
     style = [

@@ -153,6 +153,7 @@ def plot_kfold(
         ax.set_xlabel("config")
         ax.set_ylabel("score")
         ax.grid(axis="y", alpha=0.3)
+    # lazy: matplotlib, only when a figure is drawn (reading a run stays light)
     from matplotlib.patches import Patch
 
     handles = [Patch(facecolor=(*metric_color[m][:3], 0.55), edgecolor="black") for m in metrics]

@@ -125,6 +125,7 @@ def plot_search_progress(
             )
         none = have[have["value"].isna()]
         if not none.empty:
+            # lazy: matplotlib, only when a figure is drawn (reading a run stays light)
             from matplotlib.transforms import blended_transform_factory
 
             bottom = blended_transform_factory(ax.transData, ax.transAxes)
@@ -135,6 +136,7 @@ def plot_search_progress(
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{pretty(metric)} (best epoch of each trial)")
         ax.grid(alpha=0.3)
+    # lazy: matplotlib, only when a figure is drawn (reading a run stays light)
     from matplotlib.ticker import MaxNLocator
 
     ax_n.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -156,6 +158,7 @@ def param_importances(
     """Optuna's parameter importances (fANOVA, seeded; they sum to 1), largest first.
     Needs at least `min_trials` completed trials with a value."""
     optuna = import_optuna()
+    # lazy: optuna, only for the study's own views (reading a run stays light)
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     if len(study.directions) != 1:

@@ -130,6 +130,7 @@ def _not_a_run(path: Path) -> FileNotFoundError:
 def load_run(path: str | Path) -> Run:
     """Read a run directory. Only trials.parquet is required; experiment.yaml is optional
     (without it the metric is val_accuracy, maximised)."""
+    # lazy: yaml, only when the experiment file is read
     import yaml
 
     path = Path(path)

@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats as st
 
 from hpsearch.analysis._common import MissingDataError, pretty, require
+from hpsearch.analysis.run import Run, load_run
 from hpsearch.rundir import FINAL_FILE, TABLE_COLUMNS, coerce
 
 if TYPE_CHECKING:
@@ -410,7 +411,6 @@ class Answer:
 def recommend_run(run: Run | str | Path) -> Answer:
     """The answer for a run directory (or a loaded `Run`) from its folds, trials and epochs;
     the same table `hpsearch kfold` writes to comparison.parquet."""
-    from hpsearch.analysis.run import Run, load_run
 
     run = run if isinstance(run, Run) else load_run(run)
     costs = config_costs(run.trials, run.epochs)

@@ -46,6 +46,7 @@ _LAZY = {"Batches", "crop_flip"}  # data_pipeline.batches imports torch (seconds
 
 def __getattr__(name: str):
     if name in _LAZY:
+        # lazy: torch takes ~2.5 s to import; only building or training a model needs it
         from hpsearch.data_pipeline.batches import Batches, crop_flip
 
         return {"Batches": Batches, "crop_flip": crop_flip}[name]

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from hpsearch.data_pipeline.cache import META
 
 IN_USE = "in-use.lock"
@@ -123,7 +125,6 @@ def clean_caches(
         if cache.in_use:
             yield cache, "kept: in use by a running process"
             continue
-        from filelock import FileLock, Timeout
 
         lock = FileLock(str(build_lock_path(cache.path)))
         try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from hpsearch.data_pipeline.cache import (
     LABELS,
@@ -242,7 +243,6 @@ def prepare(
 @contextlib.contextmanager
 def _cache_lock(cache_dir: Path, *, progress: bool) -> Iterator[None]:
     """An exclusive lock on `cache_dir` across processes (filelock); says so when it waits."""
-    from filelock import FileLock, Timeout
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(build_lock_path(cache_dir)))

@@ -72,10 +72,12 @@ _TORCH_NAMES = ("ConvNet",)
 
 def __getattr__(name: str) -> Any:
     if name in _TORCH_NAMES:
+        # lazy: torch takes ~2.5 s to import; only building or training a model needs it
         from hpsearch.models import convnet
 
         return getattr(convnet, name)
     if name == "BackboneNet":  # created on first access, with torch
+        # lazy: torch takes ~2.5 s to import; only building or training a model needs it
         from hpsearch.models import backbones
 
         return backbones.BackboneNet

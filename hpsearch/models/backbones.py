@@ -125,6 +125,7 @@ def list_backbones() -> list[str]:
 
 @functools.cache
 def _classification_models() -> tuple[str, ...]:
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torchvision
     from torchvision.models import list_models
 
@@ -233,6 +234,7 @@ class BackboneInfeasible(InfeasibleArchitecture):
 
 
 def _default_weights(name: str) -> Any:
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     from torchvision.models import get_model_weights
 
     bare = check_backbone_name(name)
@@ -244,6 +246,7 @@ def _default_weights(name: str) -> Any:
 
 def weights_file(name: str) -> Path:
     """Where torch.hub caches the default weights of ``name`` (honours TORCH_HOME)."""
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
 
     basename = os.path.basename(urlparse(_default_weights(name).url).path)
@@ -331,6 +334,7 @@ def size_warning(cfg: BackboneConfig) -> str | None:
 
 
 def _torchvision_model(name: str) -> nn.Module:
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     from torchvision.models import get_model
 
     with warnings.catch_warnings():  # googlenet / inception_v3 warn about a future init change
@@ -344,6 +348,7 @@ def _classifier_plan(model: nn.Module) -> tuple[str, list[str], int]:
     A Sequential classifier is cut at its first Linear / Conv2d: norm and flatten
     layers before it stay (convnext), dropout goes, pooling after it stays (squeezenet).
     """
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     from torch import nn
 
     for attr in _HEAD_ATTRS:
@@ -370,6 +375,7 @@ def _classifier_plan(model: nn.Module) -> tuple[str, list[str], int]:
 
 
 def _remove_classifier(model: nn.Module, attr: str, keep: list[str]) -> None:
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     from torch import nn
 
     old = getattr(model, attr)
@@ -383,6 +389,7 @@ def _remove_classifier(model: nn.Module, attr: str, keep: list[str]) -> None:
 
 
 def _load_state(model: nn.Module, cfg: BackboneConfig, attr: str, keep: list[str]) -> None:
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
 
     problem = missing_weights(cfg)
@@ -459,6 +466,7 @@ def _frozen_modules(backbone: nn.Module, cfg: BackboneConfig) -> list[str]:
 
 
 def _head(width: int, cfg: BackboneConfig) -> nn.Sequential:
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     from torch import nn
 
     layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -479,6 +487,7 @@ def _head(width: int, cfg: BackboneConfig) -> nn.Sequential:
 
 @functools.cache
 def _net_class() -> type:
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     from torch import nn
 
     class BackboneNet(nn.Module):
@@ -541,6 +550,7 @@ def num_stages(name: str) -> int:
 
 
 def _on_meta(make: Callable[[], nn.Module]) -> nn.Module:
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
 
     try:
@@ -553,6 +563,7 @@ def _on_meta(make: Callable[[], nn.Module]) -> nn.Module:
 @functools.lru_cache(maxsize=256)
 def _probe(name: str, image_size: int) -> tuple[str | None, int, int]:
     """(reason it is infeasible or None, feature width, number of stages) of a meta forward."""
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
 
     model = _on_meta(lambda: _torchvision_model(name))
@@ -626,6 +637,7 @@ def _cost_key(cfg: BackboneConfig) -> BackboneConfig:
 
 @functools.lru_cache(maxsize=256)
 def _cost(cfg: BackboneConfig) -> tuple[int, int]:
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -196,6 +196,7 @@ def get_config(name: str, **overrides: Any) -> ConvNetConfig:
 
 def create_model(name: str, **overrides: Any) -> ConvNet:
     """``ConvNet(get_config(name, **overrides))``."""
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     from hpsearch.models.convnet import ConvNet
 
     return ConvNet(get_config(name, **overrides))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hpsearch.models import backbones
+from hpsearch.models.backbones import list_backbones
 from hpsearch.models.presets import get_config, list_models, model_cfgs
 from hpsearch.models.shapes import InfeasibleArchitecture, count_macs, count_params, feature_shapes
 
@@ -53,7 +55,6 @@ def _row(name: str, image_size: int | None, num_classes: int) -> tuple[str, ...]
 
 
 def _backbone_row(name: str, image_size: int | None, num_classes: int) -> tuple[str, ...]:
-    from hpsearch.models import backbones
 
     size = image_size or backbones.trained_size(name) or 224
     cfg = backbones.BackboneConfig(name, num_classes, size, pretrained="imagenet")
@@ -96,7 +97,6 @@ def format_backbones_table(
     whether the ImageNet weights are in torch.hub's cache (``hpsearch weights
     fetch`` puts them there).
     """
-    from hpsearch.models.backbones import list_backbones
 
     names = list_backbones() if names is None else names
     return _align([_BACKBONE_HEADER] + [_backbone_row(n, image_size, num_classes) for n in names])

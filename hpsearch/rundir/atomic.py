@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import numpy as np
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -87,6 +89,5 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
 
 
 def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
-    import numpy as np
 
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))

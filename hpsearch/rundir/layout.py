@@ -4,6 +4,7 @@ analysis reads (file names, table columns and dtypes, metrics and which way is b
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -62,7 +63,6 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 def check_name(value: str, what: str) -> str:
     """`value` if it is a safe run name, else ValueError saying what to change."""
-    import re
 
     if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value) or len(value) > 200:
         raise ValueError(

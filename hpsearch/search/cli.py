@@ -6,8 +6,12 @@ Exit codes: 0 success, 1 a run failed, 2 bad input (a message says what to chang
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
 
 from hpsearch.search.errors import ExperimentError
 
@@ -20,6 +24,7 @@ class UsageError(Exception):
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.models import format_models_table
 
     print(
@@ -42,6 +47,7 @@ def _parse_merge(items: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.data_pipeline import DatasetError, format_summary, prepare
 
     try:
@@ -63,6 +69,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _load(path: str, overrides: Sequence[str], data: str | None = None, storage: str | None = None):
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.search.experiment.files import resolve_experiment
     from hpsearch.search.experiment.schema import load_experiment
 
@@ -75,6 +82,7 @@ def _load(path: str, overrides: Sequence[str], data: str | None = None, storage:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.search.driver.validate import check_experiment, format_validation
 
     exp = _load(args.file, args.set)
@@ -88,14 +96,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _print_answer(run_dir) -> bool:
     """Print "Which CNN to train" when the run has k-fold estimates; whether it did."""
-    from pathlib import Path
 
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.rundir import FOLDS_FILE
     from hpsearch.search.storage.remote import local_path
 
     run_dir = local_path(run_dir)  # an s3:// run: its working copy
     if not Path(run_dir, FOLDS_FILE).exists():
         return False
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.analysis.stats import format_recommendation, recommend_run
 
     answer = recommend_run(run_dir)
@@ -105,6 +114,7 @@ def _print_answer(run_dir) -> bool:
 
 
 def _finish(run_dir, tables, interrupted: bool, exp) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.search.console.printer import is_quiet
     from hpsearch.search.driver.export import format_best, search_failure
     from hpsearch.search.storage.remote import display
@@ -138,6 +148,7 @@ def _finish(run_dir, tables, interrupted: bool, exp) -> int:
 
 
 def _run_search(exp, args: argparse.Namespace, *, report: bool = False) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.search.console.printer import is_quiet
     from hpsearch.search.driver.study import run
 
@@ -146,6 +157,7 @@ def _run_search(exp, args: argparse.Namespace, *, report: bool = False) -> int:
     )
     code = _finish(run_dir, tables, interrupted, exp)
     if report and not interrupted:
+        # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
         from hpsearch.analysis import format_report_result, write_report
 
         result = write_report(run_dir)
@@ -160,6 +172,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.search.console.printer import is_quiet
     from hpsearch.search.driver.study import resume
 
@@ -171,6 +184,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.search.console.printer import is_quiet
     from hpsearch.search.driver.demo import DEMO_EXPERIMENT, write_digits
 
@@ -182,8 +196,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.data_pipeline import default_cache_root
     from hpsearch.data_pipeline.housekeeping import clean_caches, format_caches, list_caches
 
@@ -206,6 +220,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.models import check_backbone_name, fetch_weights, is_backbone, weights_file
 
     names = []
@@ -233,6 +248,7 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 
 def _cmd_final(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.search.driver.final import format_final, run_final
 
     result = run_final(args.run_dir, trial_id=args.trial, epochs=args.epochs)
@@ -242,6 +258,7 @@ def _cmd_final(args: argparse.Namespace) -> int:
 
 
 def _cmd_kfold(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.analysis.kfold import format_kfold_summary, kfold_summary
     from hpsearch.search.console.printer import is_quiet
     from hpsearch.search.driver.kfold import run_kfold
@@ -266,26 +283,26 @@ def _cmd_kfold(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.analysis import format_report_result, write_report
     from hpsearch.rundir import REPORT_DIR
-    from hpsearch.search.storage.remote import checkout
+    from hpsearch.search.storage.run_store import RunStore
 
-    run_dir, remote = checkout(args.run_dir)  # an s3:// run: its working copy, up to date
+    store = RunStore.checkout(args.run_dir)  # an s3:// run: its working copy, up to date
     try:
-        result = write_report(run_dir, out=args.out)
+        result = write_report(store.path, out=args.out)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from e
     print(format_report_result(result))
-    if remote is not None and args.out is None:
-        remote.upload([REPORT_DIR])
-        print(f"report uploaded to {remote.uri.child(REPORT_DIR)}/")
+    if store.remote is not None and args.out is None:
+        store.upload([REPORT_DIR])
+        print(f"report uploaded to {store.tune_path(REPORT_DIR)}/")
     return 1 if result.failed else 0
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
 
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.search.experiment.reference import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
@@ -300,6 +317,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.search.integrations.dashboard import DEFAULT_HOST, DEFAULT_PORT, serve
 
     port = DEFAULT_PORT if args.port is None else args.port
@@ -544,9 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _console_level(args: argparse.Namespace):
     """The verb's -v / -q for the duration of the verb (verbs without them: as they are)."""
     if not hasattr(args, "console"):
-        from contextlib import nullcontext
-
         return nullcontext()
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.search.console.printer import use_level
 
     return use_level(args.console)
@@ -565,8 +582,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hpsearch {args.verb}: interrupted", file=sys.stderr)
         return 130
     except OSError as e:
-        import errno
-
         if e.errno not in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)):
             raise
         print(

@@ -10,6 +10,7 @@ import pickle
 import re
 import sys
 
+import pandas as pd
 import pytest
 
 from hpsearch.search import cli
@@ -280,14 +281,36 @@ def test_main_sets_the_level_for_the_verb(monkeypatch):
 
 
 def test_quiet_finish_prints_only_where_the_results_are(capsys, tmp_path):
+    tables = {"trials": pd.DataFrame({"trial_id": ["a"], "status": ["completed"], "epochs": [2]})}
     with console.use_level("quiet"):
-        assert cli._finish(tmp_path, {}, False, exp=None) == 0
-        assert cli._finish(tmp_path, {}, True, exp=None) == 130
+        assert cli._finish(tmp_path, tables, False, exp=None) == 0
+        assert cli._finish(tmp_path, tables, True, exp=None) == 130
     assert capsys.readouterr().out.splitlines() == [
         f"results: {tmp_path}",
         f"results: {tmp_path}",
         f"the search did not finish; continue it with: hpsearch resume {tmp_path}",
     ]
+
+
+@pytest.mark.parametrize("level", ["quiet", "normal"])
+def test_a_search_in_which_no_trial_finished_an_epoch_exits_1(capsys, tmp_path, level):
+    """It says why on stderr (so -q keeps it): the most common error and where the trials'
+    error files are."""
+    trials = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c"],
+            "status": ["error", "error", "infeasible"],
+            "epochs": [0, 0, 0],
+            "error": ["OSError: broken.pt", "OSError: broken.pt", "feature map vanishes"],
+        }
+    )
+    with console.use_level(level):
+        assert cli._finish(tmp_path, {"trials": trials}, False, exp=None) == 1
+    out, err = capsys.readouterr()
+    assert "none of its 3 trial(s) finished an epoch" in err
+    assert "most common error (2 of 3 trials): OSError: broken.pt" in err
+    assert f"{tmp_path}/trial_a/error.txt" in err
+    assert out.splitlines() == [f"results: {tmp_path}"]
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ import yaml
 from hpsearch.search.cli import main
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.storage import remote
+from hpsearch.search.storage.run_store import RunStore
 
 
 def _free_port() -> int:
@@ -283,6 +284,33 @@ def test_download_mirrors_what_the_driver_reads_and_upload_replaces_or_deletes(s
     assert s3.read("runs/r/report/index.html") == b"<html>new"
     assert "runs/r/experiment.yaml" not in s3.keys("runs/r/")
     assert run.download() == 0  # what was just uploaded is not downloaded back
+
+
+def test_a_run_store_is_one_interface_for_local_and_stored_runs(s3, tmp_path):
+    """The verbs open a run once and call upload / download without asking where it lives:
+    for a local run both change nothing; for a stored one they move files."""
+    local = tmp_path / "runs" / "here"
+    local.mkdir(parents=True)
+    (local / "folds.parquet").write_bytes(b"table")
+    store = RunStore.checkout(local)
+    assert store.remote is None and store.path == local and store.shown == str(local)
+    assert store.tune_path("kfold") == local / "kfold"
+    store.upload(["folds.parquet"])  # nothing to store, nothing raised
+    store.download()
+    assert sorted(p.name for p in local.iterdir()) == ["folds.parquet"]
+
+    s3.client.put_object(Bucket=s3.bucket, Key="runs/r/experiment.yaml", Body=b"name: r\n")
+    uri = f"s3://{s3.bucket}/runs/r"
+    stored = RunStore.checkout(uri)
+    assert stored.shown == uri and stored.tune_path("kfold") == f"{uri}/kfold"
+    assert (stored.path / "experiment.yaml").read_bytes() == b"name: r\n"  # the working copy
+    (stored.path / "folds.parquet").write_bytes(b"table")
+    stored.upload(["folds.parquet"])
+    body = s3.client.get_object(Bucket=s3.bucket, Key="runs/r/folds.parquet")["Body"].read()
+    assert body == b"table"
+    assert RunStore.of_working_copy(stored.path).shown == uri
+    with pytest.raises(ExperimentError, match="holds no run"):
+        RunStore.checkout(f"s3://{s3.bucket}/runs/nothing")
 
 
 def test_each_snapshot_uploads_the_study_and_new_results_first(s3, tmp_path):

@@ -81,7 +81,7 @@ def test_kfold_and_its_warmups_never_train_on_what_they_evaluate(
 
     from hpsearch.search.driver.kfold import fold_trial
     from hpsearch.search.experiment.schema import load_experiment
-    from hpsearch.search.trial import trainable
+    from hpsearch.search.trial import trainable, warmup
     from hpsearch.search.trial.inputs import TrialSettings, load_data, load_final_data
     from hpsearch.search.trial.same_init import fold_init_files
 
@@ -109,6 +109,7 @@ def test_kfold_and_its_warmups_never_train_on_what_they_evaluate(
             super().__init__(*args, train_idx=train_idx, val_idx=val_idx, **kwargs)
 
     monkeypatch.setattr(trainable, "Trainer", Recorded)
+    monkeypatch.setattr(warmup, "Trainer", Recorded)  # the same-init warm-ups train too
     monkeypatch.setattr(tune, "report", lambda result, checkpoint=None: None)
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
     monkeypatch.setattr(

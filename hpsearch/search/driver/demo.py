@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
+
 from hpsearch.search.experiment.files import packaged_path
 
 # The packaged demo experiment (package data of `experiments`, so it is found after a plain
@@ -15,9 +19,6 @@ DEMO_EXPERIMENT: Path = packaged_path("demo")
 def write_digits(root: str | Path) -> Path:
     """Write the digits as grayscale PNGs, `root/<digit>/<index>.png`. A complete folder from
     an earlier call is left as it is (so the cache is reused)."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
 
     root = Path(root)
     digits = load_digits()

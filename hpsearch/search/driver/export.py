@@ -7,8 +7,11 @@ temporary name and renamed, so a reader never sees half a table.
 from __future__ import annotations
 
 import glob
+import importlib.metadata as md
 import json
 import math
+import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -207,9 +210,6 @@ def export_run(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[
 
 
 def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-    import platform
-    import subprocess
 
     out = {"python": platform.python_version()}
     for dist in (

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hpsearch.analysis.stats import recommend_run, reuse_warning
 from hpsearch.rundir import (
     FINAL_CLASSES_FILE,
     FINAL_CONFUSION_FILE,
@@ -43,7 +44,10 @@ from hpsearch.search.driver.export import trial_config
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.schema import Experiment, load_run_experiment
 from hpsearch.search.experiment.space import config_label, model_config
+from hpsearch.search.storage.run_store import RunStore
 from hpsearch.search.trial.inputs import TrialSettings, load_final_data
+from hpsearch.search.trial.trainable import Trainer, first_non_finite
+from hpsearch.search.trial.warmup import warmup_weights
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,6 @@ class FinalResult:
 
     @property
     def warning(self) -> str | None:
-        from hpsearch.analysis.stats import reuse_warning
 
         return reuse_warning(self.evaluation)
 
@@ -75,7 +78,6 @@ def choose_trial(run_dir: Path, trial_id: str | None) -> tuple[str, str]:
             f"{run_dir} has no k-fold estimates yet, and the final evaluation trains their "
             f"recommendation: run `hpsearch kfold {run_dir}` first, or name a trial with --trial ID"
         )
-    from hpsearch.analysis.stats import recommend_run
 
     try:
         rec = recommend_run(run_dir).recommendation
@@ -159,12 +161,11 @@ def run_final(
 ) -> FinalResult:
     """Train the chosen config on train + validation, evaluate it on the test part, append the
     evaluation to the run directory's final tables and return it."""
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
 
-    from hpsearch.search.storage.remote import checkout
-    from hpsearch.search.trial.trainable import Trainer, first_non_finite
-
-    run_dir, remote = checkout(run_dir)  # an s3:// run: its working copy, up to date
+    store = RunStore.checkout(run_dir)  # an s3:// run: its working copy, up to date
+    run_dir = store.path
     exp = load_run_experiment(run_dir)
     chosen, why = choose_trial(run_dir, trial_id)
     config = trial_config(run_dir, chosen)
@@ -182,8 +183,6 @@ def run_final(
     data = load_final_data(exp, progress=progress)
     settings = TrialSettings.from_experiment(exp, epochs=n_epochs, cpus=os.cpu_count() or 1)
     if exp.train.same_init is not None:
-        from hpsearch.search.trial.warmup import warmup_weights
-
         init = warmup_weights(
             exp, data, settings, run_dir, path=run_dir / FINAL_DIR / "init_weights.pt"
         )
@@ -245,12 +244,11 @@ def run_final(
     _append(run_dir, FINAL_CLASSES_FILE, "final_classes", result.classes)
     _append(run_dir, FINAL_CONFUSION_FILE, "final_confusion", result.confusion)
     _append(run_dir, FINAL_FILE, "final", coerce(pd.DataFrame([row]), "final"))
-    if remote is not None:
-        # In the same order as above: final.parquet, which marks the evaluation done, last.
-        weights = [model_file.relative_to(run_dir).as_posix()]
-        init = f"{FINAL_DIR}/init_weights.pt"
-        weights += [init] if (run_dir / init).exists() else []
-        remote.upload([*weights, FINAL_CLASSES_FILE, FINAL_CONFUSION_FILE, FINAL_FILE])
+    # In the same order as above: final.parquet, which marks the evaluation done, last.
+    weights = [model_file.relative_to(run_dir).as_posix()]
+    init = f"{FINAL_DIR}/init_weights.pt"
+    weights += [init] if (run_dir / init).exists() else []
+    store.upload([*weights, FINAL_CLASSES_FILE, FINAL_CONFUSION_FILE, FINAL_FILE])
     return result
 
 

@@ -10,12 +10,15 @@ s3:// or gs:// run: its working copy is brought up to date first and the tables 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from ray import tune
 
+from hpsearch.analysis.stats import compare_configs, config_costs
 from hpsearch.rundir import (
     COMPARISON_FILE,
     EPOCHS_FILE,
@@ -40,7 +43,8 @@ from hpsearch.search.driver.validate import check_tracking
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.schema import Experiment, load_run_experiment
 from hpsearch.search.experiment.space import config_label
-from hpsearch.search.storage.remote import checkout, is_uri, read_bytes
+from hpsearch.search.storage.remote import is_uri, read_bytes
+from hpsearch.search.storage.run_store import RunStore
 from hpsearch.search.trial.inputs import (
     TrialData,
     TrialSettings,
@@ -48,6 +52,7 @@ from hpsearch.search.trial.inputs import (
     load_data,
 )
 from hpsearch.search.trial.same_init import fold_init_file, fold_init_files
+from hpsearch.search.trial.trainable import train_trial
 
 
 def select_configs(
@@ -146,7 +151,6 @@ def _fold_spec(
 
 
 def _new_tuner(exp: Experiment, run_dir: Path | str, fold_trainable, configs, k: int):
-    from ray import tune
 
     return tune.Tuner(
         fold_trainable,
@@ -177,7 +181,8 @@ def run_kfold(
     whether it was interrupted."""
     if k < 2:
         raise ExperimentError(f"--k {k}: use at least 2 folds")
-    run_dir, remote = checkout(run_dir)  # an s3:// run: its working copy, up to date
+    store = RunStore.checkout(run_dir)  # an s3:// run: its working copy, up to date
+    run_dir = store.path
     exp = load_run_experiment(run_dir)
     check_tracking(exp)
     epochs = epochs or exp.train.epochs
@@ -189,12 +194,11 @@ def run_kfold(
     settings = TrialSettings.from_experiment(exp, epochs=epochs)
     data = load_data(exp, folds=k, progress=progress)
     init_files = fold_init_files(exp, data, settings, kfold_dir, k)
-    if remote is not None and init_files:
+    if store.remote is not None and init_files:
         # Trials on other nodes read their start weights from storage, not the driver's disk.
         names = {fold: f"{KFOLD_DIR}/{fold_init_file(fold)}" for fold in init_files}
-        remote.upload(names.values())
-        init_files = {fold: str(remote.uri.child(name)) for fold, name in names.items()}
-    tune_dir = str(remote.uri.child(KFOLD_DIR)) if remote is not None else kfold_dir
+        store.upload(names.values())
+        init_files = {fold: str(store.tune_path(name)) for fold, name in names.items()}
     interrupted = False
     with ray_session(address):
         shared = for_cluster(data, address)
@@ -202,26 +206,22 @@ def run_kfold(
             exp, fold_trial, data=shared, settings=settings, configs=configs, init_files=init_files
         )
         if (kfold_dir / TUNER_FILE).exists():
-            check_layout(run_dir, remote.uri if remote is not None else None)
-            tuner = restore_tuner(tune_dir, fold_trainable)
+            check_layout(run_dir, store.shown)
+            tuner = restore_tuner(store.tune_path(KFOLD_DIR), fold_trainable)
         else:
             kfold_dir.mkdir(parents=True, exist_ok=True)
             write_json(kfold_dir / KFOLD_SPEC, {"k": k, "epochs": epochs, "configs": configs})
-            if remote is not None:
-                remote.upload([f"{KFOLD_DIR}/{KFOLD_SPEC}"])
-            storage = str(remote.uri) if remote is not None else run_dir
-            tuner = _new_tuner(exp, storage, fold_trainable, configs, k)
+            store.upload([f"{KFOLD_DIR}/{KFOLD_SPEC}"])
+            tuner = _new_tuner(exp, store.tune_path(), fold_trainable, configs, k)
         try:
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
-    if remote is not None:
-        remote.download(KFOLD_DIR, results_only=True)
+    store.download(KFOLD_DIR, results_only=True)
     folds = collect_folds(kfold_dir, epochs=epochs, configs=configs)
     write_parquet(folds, run_dir / FOLDS_FILE)
     write_comparison(run_dir, folds)
-    if remote is not None:
-        remote.upload([FOLDS_FILE, COMPARISON_FILE])
+    store.upload([FOLDS_FILE, COMPARISON_FILE])
     interrupted = interrupted or len(folds) < 2 * k * len(configs)
     return folds, interrupted
 
@@ -229,7 +229,6 @@ def run_kfold(
 def write_comparison(run_dir: Path, folds: pd.DataFrame) -> pd.DataFrame | None:
     """Write comparison.parquet from `folds` and the cost of each config (the run's trials and
     epochs); without a held-out fold yet, remove an earlier one so it never outlives its folds."""
-    from hpsearch.analysis.stats import compare_configs, config_costs
 
     path = run_dir / COMPARISON_FILE
     if not (folds["split"] == "test").any():
@@ -253,12 +252,10 @@ def fold_trial(
 ) -> None:
     """One (config, fold) pair: the source trial's config trained on the other folds (from the
     fold's own same-init start weights, with train.same_init)."""
-    from hpsearch.search.trial.trainable import train_trial
 
     fold = int(config["fold"])
     if init_files:
-        import io
-
+        # lazy: torch takes ~2.5 s to import; only building or training a model needs it
         import torch
 
         path = init_files[fold]  # a file on the driver's disk, or in the run's object storage

@@ -28,7 +28,7 @@ from hpsearch.search.driver.tuner import _fit_and_export
 from hpsearch.search.driver.validate import check_tracking
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.schema import load_run_experiment
-from hpsearch.search.storage.remote import checkout
+from hpsearch.search.storage.run_store import RunStore
 from hpsearch.search.trial.checkpoints import repair_lost_checkpoints
 from hpsearch.search.trial.inputs import TrialSettings, for_cluster, load_data
 from hpsearch.search.trial.same_init import with_init_state
@@ -65,8 +65,8 @@ def resume(
     from their last checkpoint, and the search completes its trial budget. `run_dir` may be
     an s3:// or gs:// URI (or its working copy): Tune restores from there, the driver's files
     are downloaded into the working copy first."""
-    run_dir, remote = checkout(run_dir)
-    shown = remote.uri if remote is not None else run_dir
+    store = RunStore.checkout(run_dir)  # a stored run: its working copy, up to date
+    run_dir, shown = store.path, store.shown
     if not (run_dir / EXPERIMENT_FILE).exists() or not (run_dir / TUNER_FILE).exists():
         raise ExperimentError(
             f"{shown} is not a run directory of hpsearch (no {EXPERIMENT_FILE} / {TUNER_FILE})"
@@ -77,26 +77,25 @@ def resume(
     settings = TrialSettings.from_experiment(exp)
     had_init = (run_dir / INIT_FILE).exists()
     data = with_init_state(exp, load_data(exp, progress=progress), settings, run_dir)
-    tune_dir = str(remote.uri) if remote is not None else run_dir
     with ray_session(address):
-        if remote is not None and not had_init and (run_dir / INIT_FILE).exists():
-            remote.upload([INIT_FILE])  # warmed up here (same_init): the next resume reuses it
+        if not had_init and (run_dir / INIT_FILE).exists():
+            store.upload([INIT_FILE])  # warmed up here (same_init): the next resume reuses it
         trainable = search_trainable(exp, for_cluster(data, address), settings)
-        if remote is None:
+        if store.remote is None:  # a stored run's checkpoints are Tune's to restore
             repaired = repair_lost_checkpoints(run_dir)
             if repaired and progress:
                 print(
                     f"resume: {len(repaired)} trial(s) go on from their newest checkpoint, "
                     "which Tune's last snapshot did not name yet"
                 )
-        tuner = restore_tuner(tune_dir, trainable)
-        tables, interrupted = _fit_and_export(tuner, exp, run_dir, data, remote)
+        tuner = restore_tuner(store.tune_path(), trainable)
+        tables, interrupted = _fit_and_export(tuner, exp, store, data)
         if not interrupted and _lost_checkpoints(tables):
             # Tune deletes a trial's older checkpoint before its state snapshot points at the
             # newer one; a crash in between leaves the snapshot naming a deleted checkpoint.
             # Those trials cannot continue, so they start again from scratch.
-            tuner = restore_tuner(tune_dir, trainable, restart_errored=True)
-            tables, interrupted = _fit_and_export(tuner, exp, run_dir, data, remote)
+            tuner = restore_tuner(store.tune_path(), trainable, restart_errored=True)
+            tables, interrupted = _fit_and_export(tuner, exp, store, data)
     return run_dir, tables, interrupted
 
 

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hpsearch.search.console.printer import library_logs, ray_start_level
 from hpsearch.search.errors import ExperimentError
+from hpsearch.search.storage.remote import parse_uri
 
 TUNE_ENV_DEFAULTS = {
     # Only the JSON result logger: the per-step losses and confusion matrices are lists, which
@@ -35,8 +37,6 @@ def check_storage(storage: str) -> None:
     writes there, the driver keeps a working copy); a path inside a Ray job must be absolute,
     else it lands in the job's temporary copy of the working directory."""
     if "://" in storage:
-        from hpsearch.search.storage.remote import parse_uri
-
         parse_uri(storage)
         return
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not Path(storage).is_absolute():
@@ -64,6 +64,7 @@ def _warm_imports(modules: tuple[str, ...]) -> None:
 def _start(address: str | None) -> bool:
     """Join `address`, or start a local instance on 127.0.0.1 with every local CPU/GPU and no
     dashboard. Returns True if this call started Ray (so it should shut it down)."""
+    # lazy: Ray (~0.3 s): `hpsearch validate` checks an experiment's storage without it
     import ray
 
     if ray.is_initialized():
@@ -78,7 +79,6 @@ def _start(address: str | None) -> bool:
 
 
 def _init(ray, address: str | None) -> None:
-    from hpsearch.search.console.printer import ray_start_level
 
     if address:
         try:
@@ -114,13 +114,13 @@ def ray_session(address: str | None = None, *, discard: Path | None = None) -> I
         if discard is not None:
             shutil.rmtree(discard, ignore_errors=True)
         raise
-    from hpsearch.search.console.printer import library_logs
 
     try:
         with library_logs():  # Ray's and Optuna's messages as the console level asks
             yield
     finally:
         if owns:
+            # lazy: Ray (~0.3 s): `hpsearch validate` checks an experiment's storage without it
             import ray
 
             ray.shutdown()

@@ -12,6 +12,7 @@ from hpsearch.search.driver import kfold, tuner
 from hpsearch.search.driver.resume import resume as resume_search
 from hpsearch.search.driver.session import ray_session
 from hpsearch.search.experiment.schema import load_experiment
+from hpsearch.search.storage.run_store import RunStore
 
 if TYPE_CHECKING:
     from hpsearch.search.experiment.schema import Experiment
@@ -43,9 +44,7 @@ def resume(
     run_dir: str | Path, *, address: str | None = None, progress: bool = True
 ) -> tuple[Path, dict[str, Any], bool]:
     """Continue a stopped or crashed run (and its k-fold part, if the experiment has one)."""
-    from hpsearch.search.storage.remote import checkout
-
-    path = checkout(run_dir)[0] / EXPERIMENT_FILE  # an s3:// run: downloaded first
+    path = RunStore.checkout(run_dir).path / EXPERIMENT_FILE  # an s3:// run: downloaded first
     exp = load_experiment(path) if path.exists() else None
     if exp is None or exp.kfold is None:
         return resume_search(run_dir, address=address, progress=progress)

@@ -7,9 +7,23 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import optuna
+import ray
+from ray import tune
+from ray.tune import CLIReporter
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+
 from hpsearch.rundir import OPTUNA_DB, TRIAL_PREFIX
+from hpsearch.search.console.tune import ConsoleReporter
+from hpsearch.search.driver.searcher import ResumableOptunaSearch
 from hpsearch.search.experiment.dimensions import DIMENSIONS
 from hpsearch.search.experiment.space import build_space, grid_points, in_every_config
+from hpsearch.search.integrations.tracking import tracking_callbacks
+from hpsearch.search.storage.remote import tune_restore, tune_storage
+from hpsearch.search.storage.remote_tune import keep_credentials_out_of_ray, storage_callbacks
+from hpsearch.search.trial.trainable import train_trial
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,23 +40,17 @@ def trial_dirname(trial: Any) -> str:
 
 def trainable(exp: Experiment, fn: Callable[..., None], **parameters: Any):
     """`fn` with its large inputs in Ray's object store and the experiment's resources."""
-    from ray import tune
 
     resources = {"cpu": exp.resources.cpus, "gpu": exp.resources.gpus}
     return tune.with_resources(tune.with_parameters(fn, **parameters), resources)
 
 
 def search_trainable(exp: Experiment, data: TrialData, settings: TrialSettings):
-    from hpsearch.search.trial.trainable import train_trial
 
     return trainable(exp, train_trial, data=data, settings=settings)
 
 
 def searcher(exp: Experiment, run_dir: Path):
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-
-    from hpsearch.search.driver.searcher import ResumableOptunaSearch
 
     s = exp.search
     with warnings.catch_warnings():
@@ -76,7 +84,6 @@ def searcher(exp: Experiment, run_dir: Path):
 def max_concurrent(exp: Experiment) -> int:
     if exp.search.max_concurrent:
         return exp.search.max_concurrent
-    import ray
 
     total = ray.cluster_resources()
     fits = [int(total.get("CPU", 1) // exp.resources.cpus)]
@@ -93,7 +100,6 @@ def max_concurrent(exp: Experiment) -> int:
 
 
 def scheduler(exp: Experiment):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if exp.scheduler.type == "asha":
         return ASHAScheduler(
@@ -115,14 +121,6 @@ def shown_params(exp: Experiment) -> list[str]:
 def run_config(exp: Experiment, name: str, storage: Path | str, *, reporter: bool = True):
     """Tune's RunConfig: one kept checkpoint per trial, the experiment's retries, JSON results.
     `storage` is a local folder or an s3:// / gs:// URI (search.remote)."""
-    from ray import tune
-    from ray.tune import CLIReporter
-    from ray.tune.logger import JsonLoggerCallback
-
-    from hpsearch.search.console.tune import ConsoleReporter
-    from hpsearch.search.integrations.tracking import tracking_callbacks
-    from hpsearch.search.storage.remote import tune_storage
-    from hpsearch.search.storage.remote_tune import keep_credentials_out_of_ray, storage_callbacks
 
     keep_credentials_out_of_ray()
 
@@ -166,7 +164,6 @@ def new_tuner(
 ):
     """`run_dir` holds the study (optuna.db); Tune's experiment goes to `storage`/<its name>
     (default: `run_dir` itself; a URI for a run in object storage, `run_dir` its working copy)."""
-    from ray import tune
 
     return tune.Tuner(
         search_trainable(exp, data, settings),
@@ -187,10 +184,6 @@ def new_tuner(
 def restore_tuner(path: Path | str, trainable_fn: Any, *, restart_errored: bool = False):
     """Tune's experiment at `path` (a folder or a URI), continuing unfinished trials from their
     checkpoints."""
-    from ray import tune
-
-    from hpsearch.search.storage.remote import tune_restore
-    from hpsearch.search.storage.remote_tune import keep_credentials_out_of_ray
 
     keep_credentials_out_of_ray()
     return tune.Tuner.restore(

@@ -31,7 +31,8 @@ from hpsearch.search.driver.tune_setup import new_tuner
 from hpsearch.search.driver.validate import check_experiment
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.schema import Experiment
-from hpsearch.search.storage.remote import RemoteRun, is_uri, open_run, parse_uri
+from hpsearch.search.storage.remote import RemoteRun, is_uri, parse_uri
+from hpsearch.search.storage.run_store import RunStore
 from hpsearch.search.trial.inputs import (
     TrialData,
     TrialSettings,
@@ -79,19 +80,15 @@ def prepare_run(
     return run_dir, data
 
 
-def _fit_and_export(
-    tuner, exp: Experiment, run_dir: Path, data: TrialData, remote: RemoteRun | None = None
-):
+def _fit_and_export(tuner, exp: Experiment, store: RunStore, data: TrialData):
     interrupted = False
     try:
         tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
-    if remote is not None:  # the export reads the trials' results from the working copy
-        remote.download(results_only=True)
-    tables = export_run(run_dir, epochs=exp.train.epochs, classes=list(data.classes))
-    if remote is not None:
-        remote.upload([*(table_file(t) for t in tables), OPTUNA_DB])
+    store.download(results_only=True)  # the export reads the trials' results from the copy
+    tables = export_run(store.path, epochs=exp.train.epochs, classes=list(data.classes))
+    store.upload([*(table_file(t) for t in tables), OPTUNA_DB])
     if interrupted or (tables["trials"]["status"].isin(["incomplete", "pending"]).any()):
         interrupted = True
     return tables, interrupted
@@ -103,15 +100,15 @@ def run(
     """Run a whole search (not the k-fold that may follow it: `search.study.run` chains both).
     Returns (run_dir, tables, interrupted)."""
     run_dir, data = prepare_run(exp, name=name, progress=progress)
-    remote = open_run(run_dir)  # the run in object storage whose working copy run_dir is
+    store = RunStore.of_working_copy(run_dir)  # a stored run: run_dir is its working copy
     settings = TrialSettings.from_experiment(exp)
     data = with_init_state(exp, data, settings, run_dir)
     with ray_session(address, discard=run_dir):
         storage = None
-        if remote is not None:  # stored once Ray is up, so a run that never started leaves none
-            print(f"run {remote.uri}: working copy {run_dir}")
-            remote.upload([EXPERIMENT_FILE, VERSIONS_FILE, INIT_FILE])
-            storage = str(remote.uri.parent)
+        if store.remote is not None:  # stored once Ray is up: a run that never started leaves none
+            print(f"run {store.shown}: working copy {run_dir}")
+            store.upload([EXPERIMENT_FILE, VERSIONS_FILE, INIT_FILE])
+            storage = str(store.remote.uri.parent)
         tuner = new_tuner(exp, run_dir, for_cluster(data, address), settings, storage=storage)
-        tables, interrupted = _fit_and_export(tuner, exp, run_dir, data, remote)
+        tables, interrupted = _fit_and_export(tuner, exp, store, data)
     return run_dir, tables, interrupted

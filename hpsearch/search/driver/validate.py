@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING
 
+from hpsearch.models import BackboneConfig, is_backbone, missing_weights, size_warning
 from hpsearch.search.driver.session import check_storage
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.space import check_space
@@ -29,6 +30,7 @@ def check_tracking(exp: Experiment) -> None:
     """The libraries the `tracking:` section asks for are installed (else ExperimentError with
     the command that installs them)."""
     if exp.tracking.enabled:  # (search.tracking imports Ray Tune)
+        # lazy: Ray Tune's logger callbacks (~0.8 s), only when tracking is on
         from hpsearch.search.integrations.tracking import check_tracking as check
 
         check(exp.tracking)
@@ -42,7 +44,6 @@ def check_weights(exp: Experiment) -> None:
     """Every backbone x pretrained weights the space can draw must load offline: raise
     ExperimentError naming the file expected and the command that fetches it. Warns when the
     weights were trained at a size far from the cache's."""
-    from hpsearch.models import BackboneConfig, is_backbone, missing_weights, size_warning
 
     space = exp.search.space
     backbones = [a for a in _values(space.arch) if is_backbone(a)]

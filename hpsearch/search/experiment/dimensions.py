@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hpsearch.models import check_backbone_name, is_backbone, list_backbones, list_models
+
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 
 
@@ -300,7 +302,6 @@ class Dimension:
 
 
 def _presets() -> list[str]:
-    from hpsearch.models import list_backbones, list_models
 
     return list_models() + list_backbones()
 
@@ -308,7 +309,6 @@ def _presets() -> list[str]:
 def _backbone(value: Any) -> bool:
     """Any torchvision classification model as `tv/<name>` (torchvision is imported only for
     such a name)."""
-    from hpsearch.models import check_backbone_name, is_backbone
 
     if not is_backbone(value):
         return False

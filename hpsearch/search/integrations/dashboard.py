@@ -10,9 +10,14 @@ search while the search writes the study. optuna-dashboard is an optional extra
 from __future__ import annotations
 
 import json
+import signal
+import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import quote
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from hpsearch.rundir import EXPERIMENT_FILE, OPTUNA_DB, runs_inside
 from hpsearch.search.errors import ExperimentError
@@ -51,7 +56,6 @@ def study_db(run_dir: str | Path) -> Path:
 
 def storage_url(db: Path) -> str:
     """An SQLAlchemy URL that opens `db` read-only (SQLite's URI form, mode=ro)."""
-    from urllib.parse import quote
 
     return f"sqlite:///file:{quote(str(db.resolve()))}?mode=ro&uri=true"
 
@@ -77,6 +81,7 @@ def read_only(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[byt
 def dashboard_app(db: Path) -> Callable[..., Iterable[bytes]]:
     """optuna-dashboard's WSGI app on `db`, read-only; ExperimentError when it is missing."""
     try:
+        # optional extra: hpsearch[dashboard]
         import optuna_dashboard
         from optuna.storages import RDBStorage
     except ImportError as e:
@@ -103,10 +108,6 @@ def serve(
 ) -> None:
     """Serve the dashboard of `run_dir` on host:port until Ctrl-C or SIGTERM (port 0: any free
     port; the announced URL has the one chosen)."""
-    import signal
-    import socket
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     say = announce or (lambda line: print(line, flush=True))  # flushed: a pipe reads it now
     app = dashboard_app(study_db(run_dir))

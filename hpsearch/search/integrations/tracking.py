@@ -110,6 +110,7 @@ def check_tracking(tracking: TrackingSection) -> None:
             f"tracking.mlflow: MLflow is not installed: {INSTALL_HINT}, or remove tracking.mlflow"
         )
     if tracking.mlflow.startswith("file:"):
+        # optional extra: hpsearch[tracking]
         import mlflow
         from mlflow import environment_variables as env
 

@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pyarrow
+import pyarrow.fs
+
 from hpsearch.rundir import (
     ERROR_FILE,
     EXPERIMENT_FILE,
@@ -227,8 +230,6 @@ def _custom_endpoint() -> str:
 
 @functools.lru_cache(maxsize=16)
 def _filesystem(scheme: str, bucket: str, endpoint: str):
-    import pyarrow
-    import pyarrow.fs
 
     uri = StorageURI(scheme, bucket)
     _check_endpoint_listens(uri)
@@ -340,7 +341,6 @@ class RemoteRun:
 
     def exists(self) -> bool:
         """Whether anything is stored under the run's URI."""
-        import pyarrow.fs
 
         try:
             return self.fs.get_file_info(self._fs_path()).type != pyarrow.fs.FileType.NotFound
@@ -362,7 +362,6 @@ class RemoteRun:
         folder, or e.g. 'kfold'): new and changed files are downloaded, files downloaded before
         that are gone from storage are removed. `results_only`: Tune's experiment state and the
         trials' results (what the export reads). Returns how many files were downloaded."""
-        import pyarrow.fs
 
         base = self._fs_path(under)
         selector = pyarrow.fs.FileSelector(base, recursive=True, allow_not_found=True)
@@ -409,7 +408,6 @@ class RemoteRun:
         """Upload these files or folders of the working copy (paths relative to it); one that
         is missing locally is deleted from storage too. Each object is replaced whole (a
         reader sees the old file or the new one)."""
-        import pyarrow.fs
 
         manifest = self._manifest()
         files: list[str] = []

@@ -13,12 +13,20 @@ is put back as a copy of the trial's newest one (Tune would otherwise refuse to 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pyarrow.fs as pafs
+from ray import cloudpickle, tune
+from ray.train._internal.session import get_session
+
+from hpsearch.rundir import TUNE_STATE_GLOB
 
 STATE_FILE = "state.pt"
 REPORTS_FILE = "reports.json"  # the trial's reports, oldest first
@@ -37,8 +45,8 @@ def report_with_checkpoint(
     """tune.report(result) with this epoch's checkpoint; `reports` are the trial's reports so
     far, `result` the last of them (Ray copies the folder into the run's storage during
     report(), so the temporary folder can go after)."""
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
-    from ray import tune
 
     with tempfile.TemporaryDirectory(prefix="hpsearch-ckpt-") as tmp:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
@@ -51,8 +59,6 @@ def report_with_checkpoint(
 def _trial_folder(fallback) -> tuple[Any, str] | None:
     """(pyarrow filesystem, path) of the folder this trial's checkpoints persist to."""
     try:  # Ray's storage context of the running trial: the one place that knows the folder
-        from ray.train._internal.session import get_session
-
         storage = get_session().storage
         return storage.storage_filesystem, storage.trial_fs_path
     except Exception:  # noqa: BLE001 (a Ray without it: the folder of Tune's checkpoint)
@@ -64,7 +70,6 @@ def _trial_folder(fallback) -> tuple[Any, str] | None:
 def _candidates(fs, folder: str) -> list[str]:
     """Checkpoint folders in `folder`, newest epoch first, by their reports (a folder whose
     report is missing or unreadable, e.g. cut by a crash while it was copied, is skipped)."""
-    import pyarrow.fs as pafs
 
     try:
         infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
@@ -86,8 +91,8 @@ def _candidates(fs, folder: str) -> list[str]:
 def restore(device: str) -> Restored | None:
     """The state this trial continues from, or None to start from scratch: the newest checkpoint
     in its folder that loads (Tune's own when that is the newest)."""
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
-    from ray import tune
 
     known = tune.get_checkpoint()
     folder = _trial_folder(known)
@@ -118,13 +123,6 @@ def repair_lost_checkpoints(run_dir: Path) -> list[str]:
     newer one), as a copy of the trial's newest checkpoint; the trial then goes on from there.
     Returns the trials repaired. Reads Tune's pickled checkpoint bookkeeping: a state it cannot
     read is left alone (`resume` then restarts such a trial from scratch)."""
-    import glob
-    import shutil
-
-    import pyarrow.fs as pafs
-    from ray import cloudpickle
-
-    from hpsearch.rundir import TUNE_STATE_GLOB
 
     states = sorted(glob.glob(str(Path(run_dir) / TUNE_STATE_GLOB)))
     repaired: list[str] = []

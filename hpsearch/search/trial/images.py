@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,6 @@ class ImageSource:
                 "was started (the driver starts one when it joins a cluster with --address): "
                 "build the cache on this node with `hpsearch prepare`, or run with --address"
             )
-        import ray
 
         (ref,) = ray.get(self._server.images.remote())
         return ray.get(ref)
@@ -107,8 +108,6 @@ class ImageSource:
 def start_image_server(source: ImageSource) -> Any:
     """An actor on this node that serves `source`'s pixels to nodes without the cache file;
     they are put into the object store only on the first request."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
     server = ray.remote(num_cpus=0)(ImageServer).options(
@@ -125,7 +124,6 @@ class ImageServer:
         self.file, self.ref = file, None
 
     def images(self) -> list[Any]:
-        import ray
 
         if self.ref is None:
             self.ref = ray.put(np.ascontiguousarray(self.file.open()))

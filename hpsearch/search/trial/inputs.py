@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from hpsearch.data_pipeline import DatasetError, prepare
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.trial.images import ImageSource, start_image_server
 
@@ -45,7 +48,6 @@ class TrialData:
 
     def split(self, fold: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(train, validation) rows: the fixed split, or fold `fold` against the other folds."""
-        import numpy as np
 
         if fold is None:
             return self.train_idx, self.val_idx
@@ -112,7 +114,6 @@ def load_data(exp: Experiment, *, folds: int | None = None, progress: bool = Tru
 def load_final_data(exp: Experiment, *, progress: bool = True) -> TrialData:
     """The final evaluation's data (`hpsearch final`): train on train + validation, evaluate
     on the held-out test part."""
-    import numpy as np
 
     cache = _prepared_cache(exp, folds=None, progress=progress)
     train = np.sort(np.concatenate([cache.indices("train"), cache.indices("val")]))
@@ -120,7 +121,6 @@ def load_final_data(exp: Experiment, *, progress: bool = True) -> TrialData:
 
 
 def _prepared_cache(exp: Experiment, *, folds: int | None, progress: bool):
-    from hpsearch.data_pipeline import DatasetError, prepare
 
     data = exp.data
     if not data.folder:
@@ -150,7 +150,6 @@ def _prepared_cache(exp: Experiment, *, folds: int | None, progress: bool):
 
 
 def _trial_data(cache, train_idx, val_idx) -> TrialData:
-    import numpy as np
 
     return TrialData(
         source=ImageSource(cache.images),  # the cache's memory map: no copy here either

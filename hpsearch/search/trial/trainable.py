@@ -15,7 +15,9 @@ the next trial on a reused actor starts on an empty device.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import hashlib
 import math
 import time
 import traceback
@@ -72,6 +74,7 @@ def data_placement(device: str, images_bytes: int, settings: TrialSettings) -> s
     trial's GPU now (before its model is built)."""
     if not device.startswith("cuda"):
         return "host"
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
 
     free, _total = torch.cuda.mem_get_info(device)
@@ -81,6 +84,7 @@ def data_placement(device: str, images_bytes: int, settings: TrialSettings) -> s
 def choose_precision(requested: str, device: str) -> str:
     """'bf16' or 'fp32'. `auto` picks bf16 autocast only where the hardware runs it fast:
     CUDA with bf16 support, or a CPU with AMX tiles. Elsewhere bf16 is emulated and slower."""
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
 
     if requested != "auto":
@@ -100,6 +104,7 @@ def use_channels_last(precision: str, device: str) -> bool:
 
 
 def make_optimizer(config: dict[str, Any], params):
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
 
     name = config.get("optimizer", "sgd")
@@ -119,6 +124,7 @@ def make_optimizer(config: dict[str, Any], params):
 
 
 def _evaluate(model, batches, num_classes: int, autocast) -> dict[str, Any]:
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
     import torch.nn.functional as F
     from torchmetrics.classification import (
@@ -166,11 +172,12 @@ class Trainer:
         train_idx,
         val_idx,
     ) -> None:
-        import contextlib
 
+        # lazy: torch takes ~2.5 s to import; only building or training a model needs it
         import torch
         from torchmetrics.classification import MulticlassAccuracy, MulticlassPrecision
 
+        # lazy: torch takes ~2.5 s to import; only building or training a model needs it
         from hpsearch.data_pipeline import Batches
 
         torch.set_num_threads(max(1, int(settings.cpus)))
@@ -258,7 +265,6 @@ class Trainer:
 
     def weights_digest(self) -> str:
         """A fingerprint of the current weights (same digest = identical weights)."""
-        import hashlib
 
         h = hashlib.sha1()
         for name, tensor in sorted(self.model.state_dict().items()):
@@ -269,6 +275,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch; returns step losses, train metrics, seconds, images/s. The step losses
         are checked by the caller: a non-finite loss means the trial diverged."""
+        # lazy: torch takes ~2.5 s to import; only building or training a model needs it
         import torch
         import torch.nn.functional as F
 
@@ -309,6 +316,7 @@ class Trainer:
 
 def l1_norm(params):
     """The sum of |w| over `params`, as one tensor (differentiable)."""
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
 
     return torch.stack([p.abs().sum() for p in params]).sum()
@@ -321,6 +329,7 @@ def first_non_finite(values: list[float]) -> int | None:
 def release_device_memory() -> None:
     """Collect what a finished trial left unreachable and, on CUDA, hand the allocator's cached
     blocks back to the device (for the other trials packed on it)."""
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
 
     gc.collect()

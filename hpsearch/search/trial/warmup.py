@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from hpsearch.rundir import INIT_FILE, atomic_write
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.space import fixed_architecture, model_config
+from hpsearch.search.trial.trainable import Trainer, first_non_finite
 
 if TYPE_CHECKING:
     from hpsearch.search.experiment.schema import Experiment
@@ -32,9 +33,8 @@ def warmup_weights(
     written there. It trains on `data.split(fold)`'s training rows only: the search's train
     part, or for a k-fold fold the other folds, so no image a fold is evaluated on has shaped
     the weights that fold starts from."""
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
-
-    from hpsearch.search.trial.trainable import Trainer, first_non_finite
 
     path = Path(path) if path is not None else Path(run_dir) / INIT_FILE
     if path.exists():
