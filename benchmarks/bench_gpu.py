@@ -6,7 +6,7 @@ NOT MEASURED YET: no machine with a CUDA device was available when this was writ
 figure exists. Without a CUDA device the script says so and exits cleanly (status 0).
 
 What is measured, on the first CUDA device:
-- training throughput: `search.trainable.Trainer` (the trial's trainer; `precision: auto`, so
+- training throughput: `search.trial.trainable.Trainer` (the trial's trainer; `precision: auto`, so
   bf16 autocast + channels_last where the device supports bf16) on uint8 images resident on the
   device, AlexNet at 227 px, batch 256; the first epoch is warm-up. Fraction of peak =
   3 x 2 x MACs per image (forward + backward, `models.count_macs`) x images/s over the device's

@@ -24,7 +24,7 @@ workers it prestarts (`_system_config={"preload_python_modules": [...]}`): the f
 then start in 0.5 s instead of 8.8 s, but Ray prestarts one worker per CPU, each ~800 MB with
 torch and torchmetrics loaded, so it is not switched on.
 
-What is measured: `search.tuner.run` (16 trials by default) on the demo digits (`search.demo.write_digits`, 1,797
+What is measured: `search.driver.tuner.run` (16 trials by default) on the demo digits (`search.driver.demo.write_digits`, 1,797
 images, cache built before the clock starts) with one fixed config (FlatAlexNet, width 0.5, at
 32 px, SGD), so every trial does the same work. The epochs per trial are calibrated first (one
 epoch timed in this process) so that a trial trains for about `--trial-seconds`. A trial's own

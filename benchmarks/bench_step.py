@@ -19,7 +19,7 @@ path is channels-last (`use_channels_last`), which gains 1.2x to 1.8x on the sma
 AlexNet variants a search mostly trains, and about nothing on this full-size one. The 2x
 figure on a CPU with AMX is not measured: no such machine was available.
 
-What is compared: `search.trainable.Trainer` (the trainer every trial runs) on the same
+What is compared: `search.trial.trainable.Trainer` (the trainer every trial runs) on the same
 in-memory folder of learnable 227 px images (a class colour and a class-specific bar, plus
 noise), the same initial weights, the same batches:
 - fp32 eager: `precision: fp32` in contiguous (NCHW) memory, what a user would write;

@@ -1,1 +1,1 @@
-"""The experiment files shipped with hpsearch (package data: `*.yaml`, see search.experiment_files)."""
+"""The experiment files shipped with hpsearch (package data: `*.yaml`, see search.experiment.files)."""

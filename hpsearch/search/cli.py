@@ -351,7 +351,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_console_options(p: argparse.ArgumentParser) -> None:
-    """-v / -q of the verbs that run trials (search.console); default: a line per finished
+    """-v / -q of the verbs that run trials (search.console.printer); default: a line per finished
     trial and a summary."""
     g = p.add_mutually_exclusive_group()
     g.add_argument(

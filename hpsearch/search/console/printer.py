@@ -8,9 +8,9 @@
 - quiet: only errors (stderr) and, at the end, where the results are.
 
 A trial that errs is always reported on stderr. The level is the process's, like logging's
-configuration: the reporter Tune pickles into tuner.pkl (`search.console_tune`) reads it when it
+configuration: the reporter Tune pickles into tuner.pkl (`search.console.tune`) reads it when it
 prints, so `resume -v` shows the table of a run that was started without it. This module does
-not import Ray: `search.session` reads the level before Ray starts.
+not import Ray: `search.driver.session` reads the level before Ray starts.
 """
 
 from __future__ import annotations

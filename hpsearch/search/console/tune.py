@@ -1,4 +1,4 @@
-"""Ray Tune's side of the console (`search.console`): the progress reporter of every search and
+"""Ray Tune's side of the console (`search.console.printer`): the progress reporter of every search and
 k-fold run, pickled with Tune's state, which reads the console level when it prints."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hpsearch.search.console import printer as console
 
 class ConsoleReporter(ProgressReporter):
     """Tune's progress reporter for every console level: at -v it is `table` (Tune's table);
-    otherwise it prints the finished trials' lines and the summary of `search.console`.
+    otherwise it prints the finished trials' lines and the summary of `search.console.printer`.
 
     `metric`/`mode`: the objective; `epochs`: the budget that tells completed from stopped
     trials (None: none are stopped early)."""

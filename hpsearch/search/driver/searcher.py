@@ -26,7 +26,7 @@ class ResumableOptunaSearch(OptunaSearch):
     not COMPLETE with its early score: the study keeps its per-epoch intermediate values, and
     TPE ranks it below the trials that went further instead of as if the score were final.
 
-    Each Optuna trial carries hpsearch's facts as user attributes (`search.dashboard.user_attrs`:
+    Each Optuna trial carries hpsearch's facts as user attributes (`search.trial.report.user_attrs`:
     status, params, MACs, node, `run_dir`), updated while it runs and set to how it ended
     before Optuna is told, so optuna-dashboard's tables show them."""
 
@@ -54,7 +54,7 @@ class ResumableOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         # Intermediate values by epoch, not by Tune's report count: a restarted trial reports
-        # its checkpoint's epoch again (search.checkpoints), which Optuna then ignores.
+        # its checkpoint's epoch again (search.trial.checkpoints), which Optuna then ignores.
         if result.get(REPLAYED):
             return  # told to Optuna when it was first reported
         if self._known(trial_id):

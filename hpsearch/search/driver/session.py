@@ -91,7 +91,7 @@ def _init(ray, address: str | None) -> None:
             ) from None
     else:
         # Trial output is not forwarded: errors land in each trial's error.txt and in
-        # trials.parquet; the progress reporter (search.console) is what the console shows.
+        # trials.parquet; the progress reporter (search.console.printer) is what the console shows.
         ray.init(
             _node_ip_address="127.0.0.1",
             include_dashboard=False,

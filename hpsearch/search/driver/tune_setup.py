@@ -120,7 +120,7 @@ def shown_params(exp: Experiment) -> list[str]:
 
 def run_config(exp: Experiment, name: str, storage: Path | str, *, reporter: bool = True):
     """Tune's RunConfig: one kept checkpoint per trial, the experiment's retries, JSON results.
-    `storage` is a local folder or an s3:// / gs:// URI (search.remote)."""
+    `storage` is a local folder or an s3:// / gs:// URI (search.storage.remote)."""
 
     keep_credentials_out_of_ray()
 
@@ -132,7 +132,7 @@ def run_config(exp: Experiment, name: str, storage: Path | str, *, reporter: boo
             max_report_frequency=15,
             sort_by_metric=True,
         )
-    # Tune's table with -v; else a line per finished trial and a summary (search.console).
+    # Tune's table with -v; else a line per finished trial and a summary (search.console.printer).
     progress = ConsoleReporter(
         table,
         metric=exp.search.metric,
@@ -146,7 +146,7 @@ def run_config(exp: Experiment, name: str, storage: Path | str, *, reporter: boo
         failure_config=tune.FailureConfig(max_failures=exp.failure.max_retries),
         progress_reporter=progress,
         callbacks=[
-            *storage_callbacks(storage, name),  # before the logger: see search.remote_tune
+            *storage_callbacks(storage, name),  # before the logger: see search.storage.remote_tune
             JsonLoggerCallback(),
             *tracking_callbacks(exp, name, storage),
         ],

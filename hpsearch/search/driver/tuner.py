@@ -5,7 +5,7 @@ The run directory `<storage>/<name>/` is Ray Tune's experiment folder; hpsearch 
 `experiment.yaml` (resolved), `versions.json`, `optuna.db` (the Optuna study, readable with
 `optuna.load_study` or optuna-dashboard) and the Parquet tables (`rundir` owns their names).
 With `storage: s3://...` (or gs://) Tune's folder is in object storage and the driver works in
-a local working copy of the run folder, which it uploads at every export (`search.remote`).
+a local working copy of the run folder, which it uploads at every export (`search.storage.remote`).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _fit_and_export(tuner, exp: Experiment, store: RunStore, data: TrialData):
 def run(
     exp: Experiment, *, name: str | None = None, address: str | None = None, progress: bool = True
 ) -> tuple[Path, dict[str, Any], bool]:
-    """Run a whole search (not the k-fold that may follow it: `search.study.run` chains both).
+    """Run a whole search (not the k-fold that may follow it: `search.driver.study.run` chains both).
     Returns (run_dir, tables, interrupted)."""
     run_dir, data = prepare_run(exp, name=name, progress=progress)
     store = RunStore.of_working_copy(run_dir)  # a stored run: run_dir is its working copy

@@ -29,7 +29,7 @@ def check_experiment(exp: Experiment) -> list[str]:
 def check_tracking(exp: Experiment) -> None:
     """The libraries the `tracking:` section asks for are installed (else ExperimentError with
     the command that installs them)."""
-    if exp.tracking.enabled:  # (search.tracking imports Ray Tune)
+    if exp.tracking.enabled:  # (search.integrations.tracking imports Ray Tune)
         # lazy: Ray Tune's logger callbacks (~0.8 s), only when tracking is on
         from hpsearch.search.integrations.tracking import check_tracking as check
 

@@ -2,7 +2,7 @@
 
 Unknown keys are errors, every error names its field path, and `--set a.b=c` overrides are
 applied to the raw document before validation, so they are checked like the file itself.
-`search.space` is built from the dimension table (`search.dimensions`): each dimension is a
+`search.space` is built from the dimension table (`search.experiment.dimensions`): each dimension is a
 field holding its typed domain (`Fixed`, `Choices`, `Range`), written back in its YAML form.
 """
 

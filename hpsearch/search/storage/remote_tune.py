@@ -1,4 +1,4 @@
-"""Ray Tune's side of a run in object storage (`search.remote`): the callback that makes each
+"""Ray Tune's side of a run in object storage (`search.storage.remote`): the callback that makes each
 snapshot of Tune's experiment state consistent on storage, and keeping the storage credentials
 of the driver's environment out of Ray's runtime environments (and so out of its logs).
 
@@ -14,7 +14,7 @@ older than the snapshot beside it.
 
 On `resume` Tune's result logger starts a trial's result.json afresh in its new driver folder
 (and that file then replaces the stored one) unless the snapshot names a checkpoint of the
-trial; a trial that continues from a newer checkpoint of its own (search.checkpoints) would
+trial; a trial that continues from a newer checkpoint of its own (search.trial.checkpoints) would
 lose its earlier epochs. The callback, placed before the logger, first copies the stored
 result.json there, so the logger appends to it."""
 

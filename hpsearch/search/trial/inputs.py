@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class TrialData:
     """The decoded images and how they are split, shared with every trial; nothing in it is
     changed after it is built. The images travel as a reference to the cache file (see
-    `search.images`): each trial memory-maps it, so a node holds one copy, the page cache's."""
+    `search.trial.images`): each trial memory-maps it, so a node holds one copy, the page cache's."""
 
     source: ImageSource  # the images, as `images` gives them in the process that uses them
     labels: np.ndarray  # int64 [N]
