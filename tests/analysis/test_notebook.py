@@ -21,6 +21,7 @@ def kernel_name(tmp_path, monkeypatch) -> str:
     return name
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make check does not
 def test_notebook_runs_on_a_fixture_run(run_dir, kernel_name, tmp_path, monkeypatch):
     import json
 

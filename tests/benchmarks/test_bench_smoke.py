@@ -62,6 +62,7 @@ def test_bench_efficiency_smoke(bench, capsys, ray_session) -> None:
         assert line in out
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make check does not
 def test_bench_prepare_smoke(bench, capsys) -> None:
     out = run_smoke(bench, "bench_prepare", capsys)
     for line in ("machine", "start    hpsearch prepare's imports", "pair 1", "ratio    smoke warm"):

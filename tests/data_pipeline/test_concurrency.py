@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from hpsearch.data_pipeline import load_cache
 
@@ -32,6 +33,7 @@ print(json.dumps({"classes": cache.classes, "folds": cache.num_folds,
 """
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make check does not
 def test_four_prepares_of_one_folder_at_once_each_get_their_own_settings(
     tmp_path: Path, make_folder
 ) -> None:

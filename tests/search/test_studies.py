@@ -69,6 +69,7 @@ def test_fold_splits_partition_the_data(tiny_data):
     assert list(val) == [9]
 
 
+@pytest.mark.slow  # over 3 s: make test runs it, make check does not
 def test_kfold_and_its_warmups_never_train_on_what_they_evaluate(
     tmp_path, small_folder, cache_root, monkeypatch
 ):
