@@ -30,6 +30,7 @@ from hpsearch.search.experiment.dimensions import (
     Dimension,
 )
 from hpsearch.search.experiment.schema import Experiment
+from hpsearch.search.experiment.space_model import OptimizerSpace, SearchSpace
 
 __all__ = ["REFERENCE_PAGE", "json_schema", "render_markdown", "write_markdown"]
 
@@ -37,17 +38,6 @@ __all__ = ["REFERENCE_PAGE", "json_schema", "render_markdown", "write_markdown"]
 REFERENCE_PAGE = Path("docs") / "reference" / "experiment-file.md"
 REGENERATE = f"python -m hpsearch.search.experiment.reference {REFERENCE_PAGE.as_posix()}"
 DRAFT = "http://json-schema.org/draft-07/schema#"
-
-
-# -- where the dimensions sit in the schema -----------------------------------------------------
-
-
-def _space_models() -> tuple[type[BaseModel], type[BaseModel]]:
-    """The models of `search.space` and of one optimizer's parameters, found by their field
-    path, so that the renderers follow the schema wherever its modules put them."""
-    space = Experiment.model_fields["search"].annotation.model_fields["space"].annotation
-    optimizer = get_args(space.model_fields[OPTIMIZER.name].annotation)[1]
-    return space, optimizer
 
 
 # -- JSON Schema --------------------------------------------------------------------------------
@@ -112,8 +102,7 @@ def json_schema() -> dict[str, Any]:
     as `Any`, since its validator parses it into a domain."""
     schema = Experiment.model_json_schema(ref_template="#/definitions/{model}")
     defs = schema.pop("$defs")
-    space, optimizer = _space_models()
-    for model in (space, optimizer):
+    for model in (SearchSpace, OptimizerSpace):
         props = defs[model.__name__]["properties"]
         for name in props:
             if name in DIMENSIONS and name != OPTIMIZER.name:
@@ -121,8 +110,8 @@ def json_schema() -> dict[str, Any]:
                 default = model.model_fields[name].default
                 props[name] = {**kept, **dimension_schema(DIMENSIONS[name]), "default": default}
     # `optimizer: adam`, `optimizer: [sgd, adam]`, or a mapping to each one's parameters.
-    props = defs[space.__name__]["properties"]
-    params = {"anyOf": [{"$ref": f"#/definitions/{optimizer.__name__}"}, {"type": "null"}]}
+    props = defs[SearchSpace.__name__]["properties"]
+    params = {"anyOf": [{"$ref": f"#/definitions/{OptimizerSpace.__name__}"}, {"type": "null"}]}
     mapping = copy.deepcopy(props[OPTIMIZER.name])
     mapping.update(additionalProperties=params, minProperties=1)
     for key in ("title", "description"):
@@ -222,8 +211,7 @@ def _default(field: Any, path: str) -> str:
 
 def _section(model: type[BaseModel], path: str, level: int) -> list[str]:
     """A table of `model`'s fields, then a sub-section for each nested section."""
-    space, _ = _space_models()
-    if model is space:
+    if model is SearchSpace:
         return _space_section(path, level)
     title = f"`{path}` {{#{_anchor(path)}}}" if path else "Top level {#top-level}"
     lines = [f"{'#' * level} {title}", ""]
@@ -269,9 +257,8 @@ def _dimension_row(dim: Dimension) -> str:
 
 
 def _space_section(path: str, level: int) -> list[str]:
-    _, optimizer = _space_models()
     kinds = {d.kind.name: d.kind for d in DIMENSIONS.values()}
-    dims = [d for d in DIMENSIONS.values() if d.name not in optimizer.model_fields]
+    dims = [d for d in DIMENSIONS.values() if d.name not in OptimizerSpace.model_fields]
     example = next(d for d in dims if d.kind.name == "float" and not d.backbone_only)
     low, high = example.examples
     opt = f"{path}.{OPTIMIZER.name}"
