@@ -1,1 +1,2 @@
-"""Search service: experiment schema, Optuna space, Ray Tune trainable and tuner, export, CLI."""
+"""The search service, in rooms that import only downwards (tests/test_imports.py): `errors`,
+`experiment`, `storage`, `console`, `trial`, `integrations`, `driver`, then `cli`."""

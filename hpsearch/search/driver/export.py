@@ -33,7 +33,7 @@ from hpsearch.rundir import (
     write_parquet,
 )
 from hpsearch.search.errors import ExperimentError
-from hpsearch.search.trial.report import ENDED_BY_TRAINABLE, REPLAYED, end_status
+from hpsearch.search.trial.report import ENDED_BY_TRAINABLE, ERROR, REPLAYED, end_status
 
 _RESERVED = {"step_loss", "confusion", "config", "reason", "status"}
 
@@ -124,7 +124,7 @@ def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str
         if status in ENDED_BY_TRAINABLE:
             pass
         elif tune_status == "ERROR" or (error and tune_status is None):
-            status = "error"
+            status = ERROR
         elif not results:
             status = "pending"
         elif tune_status in ("RUNNING", "PENDING", "PAUSED"):
@@ -248,17 +248,15 @@ def library_versions() -> dict[str, str]:
 def search_failure(trials: pd.DataFrame, run_dir: str | Path) -> str | None:
     """Why the search failed, or None: it failed when no trial finished an epoch. Names the
     most common error among the trials and where their error files are."""
-    finished = trials["epochs"].fillna(0) > 0 if "epochs" in trials else pd.Series(dtype=bool)
-    if finished.any():
+    if (trials["epochs"].fillna(0) > 0).any():
         return None
     lines = [f"the search failed: none of its {len(trials)} trial(s) finished an epoch"]
-    errors = trials["error"].dropna() if "error" in trials else pd.Series(dtype=object)
-    if len(errors):
-        counts = errors.value_counts()
+    counts = trials["error"].value_counts()  # NaN (no error) not counted
+    if len(counts):
         lines.append(
             f"most common error ({counts.iloc[0]} of {len(trials)} trials): {counts.index[0]}"
         )
-    failed = trials.loc[trials["status"] == "error", "trial_id"] if len(trials) else []
+    failed = trials.loc[trials["status"] == ERROR, "trial_id"]
     if len(failed):
         lines.append(
             f"tracebacks: {Path(run_dir) / TRIAL_PREFIX}<id>/{ERROR_FILE}, e.g. "

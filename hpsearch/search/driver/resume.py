@@ -24,7 +24,7 @@ from typing import Any
 from hpsearch.rundir import EXPERIMENT_FILE, INIT_FILE, TUNER_FILE, VERSIONS_FILE
 from hpsearch.search.driver.session import ray_session
 from hpsearch.search.driver.tune_setup import restore_tuner, search_trainable
-from hpsearch.search.driver.tuner import _fit_and_export
+from hpsearch.search.driver.tuner import fit_and_export
 from hpsearch.search.driver.validate import check_tracking
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.schema import load_run_experiment
@@ -89,13 +89,13 @@ def resume(
                     "which Tune's last snapshot did not name yet"
                 )
         tuner = restore_tuner(store.tune_path(), trainable)
-        tables, interrupted = _fit_and_export(tuner, exp, store, data)
+        tables, interrupted = fit_and_export(tuner, exp, store, data)
         if not interrupted and _lost_checkpoints(tables):
             # Tune deletes a trial's older checkpoint before its state snapshot points at the
             # newer one; a crash in between leaves the snapshot naming a deleted checkpoint.
             # Those trials cannot continue, so they start again from scratch.
             tuner = restore_tuner(store.tune_path(), trainable, restart_errored=True)
-            tables, interrupted = _fit_and_export(tuner, exp, store, data)
+            tables, interrupted = fit_and_export(tuner, exp, store, data)
     return run_dir, tables, interrupted
 
 

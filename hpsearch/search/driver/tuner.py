@@ -80,7 +80,10 @@ def prepare_run(
     return run_dir, data
 
 
-def _fit_and_export(tuner, exp: Experiment, store: RunStore, data: TrialData):
+def fit_and_export(tuner, exp: Experiment, store: RunStore, data: TrialData):
+    """Run Tune until the budget is spent or Ctrl-C, then write the run's tables (a stored run:
+    from its working copy, uploaded after). Returns (tables, interrupted); `resume` uses it
+    too."""
     interrupted = False
     try:
         tuner.fit()
@@ -110,5 +113,5 @@ def run(
             store.upload([EXPERIMENT_FILE, VERSIONS_FILE, INIT_FILE])
             storage = str(store.remote.uri.parent)
         tuner = new_tuner(exp, run_dir, for_cluster(data, address), settings, storage=storage)
-        tables, interrupted = _fit_and_export(tuner, exp, store, data)
+        tables, interrupted = fit_and_export(tuner, exp, store, data)
     return run_dir, tables, interrupted
