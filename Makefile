@@ -3,13 +3,14 @@
 # `make check`: lint and the fast tests only (no Ray search, no wheel build): the edit loop.
 # `make bench`: run the performance benchmarks (see benchmarks/README.md).
 # `make docs` : regenerate the experiment-file reference, then build the site into site/.
+# `make gpu-check`: on a machine with an NVIDIA GPU, the CUDA tests and bench_gpu, one summary.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hpsearch-installed
 
-.PHONY: install run test check lint browser bench docs clean
+.PHONY: install run test check lint browser bench docs clean gpu-check
 
 install: $(STAMP)
 
@@ -57,6 +58,13 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m hpsearch.search.experiment.reference docs/reference/experiment-file.md
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# The summary (gpu-check.md) and logs go to $OUT, else benchmarks/results; exit 2 without a CUDA
+# device. Where no package registry is reachable, `make gpu-check GPU_CHECK_DEPS= PY=python3`
+# skips the install and uses a Python that already has the project's packages.
+GPU_CHECK_DEPS ?= $(STAMP)
+gpu-check: $(GPU_CHECK_DEPS)
+	PYTHONUNBUFFERED=1 $(PY) -m benchmarks.gpu_check --out "$${OUT:-benchmarks/results}"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build site *.egg-info

@@ -61,7 +61,7 @@ def crop_flip(
     reflect-padded image) and mirrored left-right where flip[b]. Works on any dtype/device.
     """
     b, c, h, w = images.shape
-    dev = images.device
+    dev = images.device  # (the draws are moved there already by Batches: a no-op then)
     rows = _reflect(dy.to(dev)[:, None] + torch.arange(h, device=dev), h)
     cols = dx.to(dev)[:, None] + torch.arange(w, device=dev)
     cols = _reflect(torch.where(flip.to(dev)[:, None], cols.flip(1), cols), w)
@@ -253,6 +253,9 @@ class Batches:
 
     def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         positions = self._positions(epoch)
+        if self.resident and self.device.type != "cpu":
+            # The epoch's order reaches the device in one copy; each batch slices it there.
+            positions = self._to_device(positions)
         chunks = [
             positions[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))
         ]
@@ -265,8 +268,19 @@ class Batches:
                 dy = torch.randint(-p, p + 1, (n,), generator=draws)
                 dx = torch.randint(-p, p + 1, (n,), generator=draws)
                 flip = torch.rand(n, generator=draws) < 0.5
-                images = crop_flip(images, dy, dx, flip)
+                shifts = torch.stack([dy, dx, flip.to(dy.dtype)])
+                if images.device.type != "cpu":
+                    shifts = self._to_device(shifts)  # one copy, not three that wait
+                images = crop_flip(images, shifts[0], shifts[1], shifts[2].bool())
             yield self._normalise(images), labels
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` on the device without the host waiting for it: a copy from pinned memory (on
+        CUDA), queued on the current stream, which the host buffer outlives (the caching host
+        allocator keeps it until the copy is done)."""
+        if self.device.type == "cuda":
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
 
     def _streamed(self, chunks: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of `chunks` (positions), each gathered on the host and copied to the device
@@ -297,7 +311,8 @@ class Batches:
         if self.pin_memory:
             labels = labels.pin_memory()
         if side is None:
-            return host.to(self.device), labels.to(self.device), None
+            nb = dict(non_blocking=True)  # (the CPU: no copy at all)
+            return host.to(self.device, **nb), labels.to(self.device, **nb), None
         # The device buffers belong to the current stream (the one training on them); the side
         # stream first waits for the work queued there so far, which may still read memory the
         # allocator hands out again here, then copies while the next step runs. The caching host
@@ -313,7 +328,7 @@ class Batches:
 
     def _take(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.resident:
-            pos_d = pos.to(self.device, non_blocking=True)
+            pos_d = pos.to(self.device)  # a no-op: `_epoch` put the order on the device
             return self._images.index_select(0, pos_d), self._labels.index_select(0, pos_d)
         rows = self._index[pos.numpy()]
         if isinstance(self._images, torch.Tensor):

@@ -87,9 +87,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     exp = _load(args.file, args.set)
     try:
-        skipped = check_experiment(exp)
+        skipped = check_experiment(exp, address=args.address, verb="validate")
     except ExperimentError as e:
         raise UsageError(f"{args.file}: {e}") from e
+    if args.address and exp.resources.gpus > 0:  # the cluster's GPUs, as `run` checks them
+        # lazy: Ray only with --address (validate alone imports no Ray, torch or pandas)
+        from hpsearch.search.driver.session import ray_session
+
+        with ray_session(args.address, gpus=exp.resources.gpus):
+            pass
     print(format_validation(exp, args.file, skipped))
     return 0
 
@@ -251,7 +257,7 @@ def _cmd_final(args: argparse.Namespace) -> int:
     # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.search.driver.final import format_final, run_final
 
-    result = run_final(args.run_dir, trial_id=args.trial, epochs=args.epochs)
+    result = run_final(args.run_dir, trial_id=args.trial, epochs=args.epochs, cpu=args.cpu)
     print(format_final(result))
     _print_answer(args.run_dir)
     return 0
@@ -444,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY.PATH=VALUE",
         help="override a field; repeatable",
     )
+    v.add_argument(
+        "--address",
+        default=None,
+        help="the Ray cluster the run will join, e.g. auto: its GPUs are checked instead of "
+        "this machine's (default: this machine's)",
+    )
     v.set_defaults(func=_cmd_validate)
 
     sc = sub.add_parser(
@@ -525,6 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="epochs (default: the k-fold estimate's, else the run's train.epochs)",
+    )
+    fi.add_argument(
+        "--cpu",
+        action="store_true",
+        help="train on this machine's CPU although the run's trials had GPUs (default: the "
+        "run's device; a GPU that CUDA cannot use here is an error)",
     )
     fi.set_defaults(func=_cmd_final)
 

@@ -1,9 +1,13 @@
 """cluster.yaml: valid for Ray's autoscaler (`ray up` prepares and validates it the same way),
-closed to the world, and installing the project with the tested versions."""
+closed to the world, installing the project with the tested versions, and with GPU workers that
+train on CUDA or fail their setup."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +113,35 @@ def test_nfs_is_the_documented_alternative_and_valid():
     assert "-v /mnt/shared:/mnt/shared" in nfs["docker"]["run_options"]
     for name, node_type in nfs["available_node_types"].items():
         assert "IamInstanceProfile" not in node_type["node_config"], name
+
+
+def test_gpu_workers_boot_an_image_whose_driver_runs_the_pinned_cuda(config):
+    # Ray's default AWS image (a Deep Learning AMI for Ubuntu 18.04) has a driver too old for
+    # CUDA 13 (>= 580): the workers name their own image, found by the command beside it.
+    (worker,) = (t for n, t in config["available_node_types"].items() if n != "head")
+    assert worker["node_config"]["ImageId"] == "REPLACE_GPU_AMI_ID"
+    text = CLUSTER_YAML.read_text()
+    assert (
+        "aws ssm get-parameter --name /aws/service/deeplearning/ami/x86_64/"
+        "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id --region "
+        f"{config['provider']['region']} --query Parameter.Value --output text"
+    ) in text
+    assert "ImageId" not in config["available_node_types"]["head"]["node_config"]  # CPU: default
+
+
+def test_a_gpu_worker_without_usable_cuda_fails_its_setup_saying_why(config):
+    """The worker's setup command, run here (no GPU): it fails with the reason, no traceback,
+    so a worker with an old driver never joins and no trial trains on its CPU."""
+    (check,) = config["worker_setup_commands"]
+    assert "nvidia-smi" in check and "cuda_problem" in check
+    assert not config["head_setup_commands"]  # the head has no GPU and trains nothing
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "CUDA_VISIBLE_DEVICES": "",  # no usable GPU, also on a machine that has one
+    }
+    out = subprocess.run(
+        ["bash", "-c", check], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 1, out.stderr
+    assert "CUDA" in out.stderr and "Traceback" not in out.stderr

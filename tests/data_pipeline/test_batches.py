@@ -226,6 +226,7 @@ def test_streaming_options_and_errors(arrays) -> None:
         _batches(arrays, resident=True, stream=True)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_streaming_on_cuda_matches_resident(tmp_path, arrays) -> None:
     """On a GPU: pinned buffers, a side stream, the copy of the next batch in flight."""

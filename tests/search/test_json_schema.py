@@ -95,6 +95,7 @@ BAD = [
     pytest.param("search.space.optimizer.sgd.lr", {"low": "1e-4", "high": 0.1}, id="1e-4"),
     pytest.param("train.same_init", 1, id="number for a section"),
     pytest.param("name", "my run", id="a name that is no folder name"),
+    pytest.param("resources.gpus", 2, id="more than one GPU per trial"),
 ]
 
 

@@ -96,6 +96,7 @@ def test_kfold_and_its_warmups_never_train_on_what_they_evaluate(
             "train.batch_size=27",
             "search.space.arch=FlatAlexNet",
             "search.space.width=0.125",
+            "resources.gpus=0",  # the file's 0.5 would need CUDA: a trial never trains on the CPU
         ],
     )
     k = 3

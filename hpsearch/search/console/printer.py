@@ -89,16 +89,16 @@ class TrialOutcome:
     best: float | None  # the objective's best epoch value (None: no epoch finished)
     epochs: int
     seconds: float | None
-    reason: str = ""  # why an infeasible, diverged or errored trial ended
+    reason: str = ""  # why an infeasible, diverged, out-of-memory or errored trial ended
 
 
 def best_value(trial: Any, metric: str, mode: str) -> float | None:
     """The objective's best value over the trial's finished epochs. An infeasible trial's
-    report and a diverged trial's last one carry a stand-in worst score, never better than a
-    real one: only a trial that diverged in its first epoch has no value to show."""
+    report and a diverged or out-of-memory trial's last one carry a stand-in worst score, never
+    better than a real one: only a trial that ended so in its first epoch has no value to show."""
     last = trial.last_result or {}
     if last.get("status") == "infeasible" or (
-        last.get("status") == "diverged" and last.get("epoch") == 1
+        last.get("status") in ("diverged", "oom") and (last.get("epoch") or 0) <= 1
     ):
         return None
     value = ((trial.metric_analysis or {}).get(metric) or {}).get(mode)
@@ -128,7 +128,7 @@ def trial_outcome(trial: Any, metric: str, mode: str, epochs: int | None) -> Tri
         status, reason = "error", _error_reason(trial)
     elif not last:
         return None
-    elif last.get("status") in ("infeasible", "diverged"):
+    elif last.get("status") in ("infeasible", "diverged", "oom"):
         status, reason = last["status"], str(last.get("reason") or "")
     else:
         done = epochs is None or last.get("epoch", 0) >= epochs

@@ -3,12 +3,15 @@ held-out test part, the one figure no choice has seen.
 
 The config is the k-fold recommendation (`analysis.stats.recommend_run`) unless a trial is
 named. It trains for the epochs it was estimated with (the k-fold epochs, else train.epochs),
-in this process on every local core (or the GPU with resources.gpus > 0), from the same-init
-start weights warmed up on train + validation when the experiment uses them. Every call
-appends one evaluation to final.parquet (with per-class precision and recall and the confusion
-matrix beside it) and saves the model's weights; `evaluation` counts the uses of the test part,
-and a second one is flagged: choosing by the test part would make it a validation part. For an
-s3:// or gs:// run it works in the run's working copy and uploads what it wrote.
+in this process on every local core, or on this machine's GPU, the whole device, when the
+run's trials had GPUs (resources.gpus > 0; a GPU that CUDA cannot use here is an error, `--cpu`
+trains on the CPU instead), from the same-init start weights warmed up on train + validation
+when the experiment uses them; the device memory is handed back when it ends, errors included.
+Every call appends one evaluation to final.parquet (with per-class precision and recall and
+the confusion matrix beside it) and saves the model's weights; `evaluation` counts the uses of
+the test part, and a second one is flagged: choosing by the test part would make it a
+validation part. For an s3:// or gs:// run it works in the run's working copy and uploads what
+it wrote.
 """
 
 from __future__ import annotations
@@ -41,10 +44,12 @@ from hpsearch.rundir import (
     write_parquet,
 )
 from hpsearch.search.driver.export import trial_config
+from hpsearch.search.driver.gpus import check_local_gpu
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.schema import Experiment, load_run_experiment
 from hpsearch.search.experiment.space import config_label, model_config
 from hpsearch.search.storage.run_store import RunStore
+from hpsearch.search.trial import device
 from hpsearch.search.trial.inputs import TrialSettings, load_final_data
 from hpsearch.search.trial.trainable import Trainer, first_non_finite
 from hpsearch.search.trial.warmup import warmup_weights
@@ -156,17 +161,19 @@ def run_final(
     *,
     trial_id: str | None = None,
     epochs: int | None = None,
+    cpu: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> FinalResult:
     """Train the chosen config on train + validation, evaluate it on the test part, append the
-    evaluation to the run directory's final tables and return it."""
-    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
-    import torch
-
+    evaluation to the run directory's final tables and return it. `cpu`: on the CPU although
+    the run's trials had GPUs."""
     store = RunStore.checkout(run_dir)  # an s3:// run: its working copy, up to date
     run_dir = store.path
     exp = load_run_experiment(run_dir)
+    check_local_gpu(0.0 if cpu else exp.resources.gpus, None, "final")
+    # The final training is alone on this machine's GPU: the whole device, not a trial's share.
+    gpus = 1.0 if exp.resources.gpus > 0 and not cpu else 0.0
     chosen, why = choose_trial(run_dir, trial_id)
     config = trial_config(run_dir, chosen)
     n_epochs = final_epochs(run_dir, exp, epochs)
@@ -181,7 +188,9 @@ def run_final(
             f"is evaluation {evaluation}, flagged as such in final.parquet and the report"
         )
     data = load_final_data(exp, progress=progress)
-    settings = TrialSettings.from_experiment(exp, epochs=n_epochs, cpus=os.cpu_count() or 1)
+    settings = TrialSettings.from_experiment(
+        exp, epochs=n_epochs, cpus=os.cpu_count() or 1, gpus=gpus
+    )
     if exp.train.same_init is not None:
         init = warmup_weights(
             exp, data, settings, run_dir, path=run_dir / FINAL_DIR / "init_weights.pt"
@@ -193,47 +202,19 @@ def run_final(
         f"{len(data.train_idx)} train + validation images, then once on {len(data.val_idx)} "
         "test images"
     )
-    trainer = Trainer(cfg, config, data, settings, train_idx=data.train_idx, val_idx=data.val_idx)
-    started = time.perf_counter()
-    for epoch in range(n_epochs):
-        result = trainer.train_epoch(epoch)
-        bad = first_non_finite(result["step_loss"])
-        if bad is not None:
-            raise ExperimentError(
-                f"final: trial {chosen}'s config diverged at step {bad + 1} of epoch {epoch + 1} "
-                "on train + validation; nothing was evaluated on the test part"
-            )
-        if progress:
-            log(
-                f"  epoch {epoch + 1}/{n_epochs}: train loss {result['train_loss']:.4f}, "
-                f"accuracy {result['train_accuracy']:.3f} ({result['seconds']:.1f} s)"
-            )
-    test = trainer.evaluate(trainer.val_batches)
-    seconds = time.perf_counter() - started
-    classes = list(data.classes)
-    confusion = np.asarray(test["confusion"], dtype=np.int64)
     model_file = run_dir / FINAL_DIR / f"model-{evaluation}.pt"
-    state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
-    model_file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(
-        model_file,
-        lambda f: torch.save({"config": config, "classes": classes, "state_dict": state}, f),
+    row, confusion = _train_and_test(
+        cfg,
+        config,
+        data,
+        settings,
+        chosen=chosen,
+        model_file=model_file,
+        progress=progress,
+        log=log,
     )
-    row = {
-        "evaluation": evaluation,
-        "config_id": chosen,
-        "trial_id": chosen,
-        "label": config_label(config),
-        "accuracy": test["accuracy"],
-        "macro_precision": test["macro_precision"],
-        "loss": test["loss"],
-        "epochs": n_epochs,
-        "train_images": len(data.train_idx),
-        "test_images": len(data.val_idx),
-        "seconds": seconds,
-        "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    trainer.close()
+    row = {"evaluation": evaluation, **row}
+    classes = list(data.classes)
     result = FinalResult(
         row=row,
         classes=per_class(confusion, classes, evaluation),
@@ -250,6 +231,73 @@ def run_final(
     weights += [init] if (run_dir / init).exists() else []
     store.upload([*weights, FINAL_CLASSES_FILE, FINAL_CONFUSION_FILE, FINAL_FILE])
     return result
+
+
+def _train_and_test(
+    cfg,
+    config: dict[str, Any],
+    data,
+    settings: TrialSettings,
+    *,
+    chosen: str,
+    model_file: Path,
+    progress: bool,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Train on train + validation, test once, save the weights to `model_file`: final.parquet's
+    row (without its evaluation number) and the test confusion matrix. The model, its batches
+    and the device memory they held are released when it ends, also on an error."""
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
+    import torch
+
+    n_epochs = settings.epochs
+    trainer = None
+    try:
+        trainer = Trainer(
+            cfg, config, data, settings, train_idx=data.train_idx, val_idx=data.val_idx
+        )
+        started = time.perf_counter()
+        for epoch in range(n_epochs):
+            result = trainer.train_epoch(epoch)
+            bad = first_non_finite(result["step_loss"])
+            if bad is not None:
+                raise ExperimentError(
+                    f"final: trial {chosen}'s config diverged at step {bad + 1} of epoch "
+                    f"{epoch + 1} on train + validation; nothing was evaluated on the test part"
+                )
+            if progress:
+                log(
+                    f"  epoch {epoch + 1}/{n_epochs}: train loss {result['train_loss']:.4f}, "
+                    f"accuracy {result['train_accuracy']:.3f} ({result['seconds']:.1f} s)"
+                )
+        test = trainer.evaluate(trainer.val_batches)
+        seconds = time.perf_counter() - started
+        state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+    finally:
+        if trainer is not None:
+            trainer.close()
+        trainer = None
+        device.release_device_memory()
+    classes = list(data.classes)
+    model_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(
+        model_file,
+        lambda f: torch.save({"config": config, "classes": classes, "state_dict": state}, f),
+    )
+    row = {
+        "config_id": chosen,
+        "trial_id": chosen,
+        "label": config_label(config),
+        "accuracy": test["accuracy"],
+        "macro_precision": test["macro_precision"],
+        "loss": test["loss"],
+        "epochs": n_epochs,
+        "train_images": len(data.train_idx),
+        "test_images": len(data.val_idx),
+        "seconds": seconds,
+        "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    return row, np.asarray(test["confusion"], dtype=np.int64)
 
 
 def format_final(result: FinalResult) -> str:

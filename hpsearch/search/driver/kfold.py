@@ -36,6 +36,7 @@ from hpsearch.rundir import (
     write_parquet,
 )
 from hpsearch.search.driver.export import read_results, trial_config, tune_statuses
+from hpsearch.search.driver.gpus import check_local_gpu
 from hpsearch.search.driver.resume import check_layout
 from hpsearch.search.driver.session import ray_session
 from hpsearch.search.driver.tune_setup import restore_tuner, run_config, trainable, trial_dirname
@@ -185,6 +186,7 @@ def run_kfold(
     run_dir = store.path
     exp = load_run_experiment(run_dir)
     check_tracking(exp)
+    check_local_gpu(exp.resources.gpus, address, "kfold")
     epochs = epochs or exp.train.epochs
     kfold_dir = run_dir / KFOLD_DIR
     spec = _fold_spec(kfold_dir, k=k, epochs=epochs, trial_ids=trial_ids)
@@ -200,7 +202,7 @@ def run_kfold(
         store.upload(names.values())
         init_files = {fold: str(store.tune_path(name)) for fold, name in names.items()}
     interrupted = False
-    with ray_session(address):
+    with ray_session(address, gpus=exp.resources.gpus):
         shared = for_cluster(data, address)
         fold_trainable = trainable(
             exp, fold_trial, data=shared, settings=settings, configs=configs, init_files=init_files

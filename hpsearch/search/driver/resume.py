@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.rundir import EXPERIMENT_FILE, INIT_FILE, TUNER_FILE, VERSIONS_FILE
+from hpsearch.search.driver.gpus import check_local_gpu
 from hpsearch.search.driver.session import ray_session
 from hpsearch.search.driver.tune_setup import restore_tuner, search_trainable
 from hpsearch.search.driver.tuner import fit_and_export
@@ -74,10 +75,11 @@ def resume(
     check_layout(run_dir, shown)
     exp = load_run_experiment(run_dir)
     check_tracking(exp)  # the restored callbacks open their writers as the run continues
+    check_local_gpu(exp.resources.gpus, address, "resume")
     settings = TrialSettings.from_experiment(exp)
     had_init = (run_dir / INIT_FILE).exists()
     data = with_init_state(exp, load_data(exp, progress=progress), settings, run_dir)
-    with ray_session(address):
+    with ray_session(address, gpus=exp.resources.gpus):
         if not had_init and (run_dir / INIT_FILE).exists():
             store.upload([INIT_FILE])  # warmed up here (same_init): the next resume reuses it
         trainable = search_trainable(exp, for_cluster(data, address), settings)

@@ -1,9 +1,13 @@
 """Ray's lifecycle as one context manager, with the checks that must pass before it starts: run,
-resume and kfold all enter `ray_session`, and nothing else starts or stops Ray."""
+resume and kfold all enter `ray_session`, and nothing else starts or stops Ray. Joined to a
+cluster, the session also checks that the trials can get the GPUs they ask for
+(`driver.gpus`); and every trial's process starts with `trial.device.ALLOC_CONF` in its
+environment (a value the user set wins)."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import threading
@@ -12,8 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hpsearch.search.console.printer import library_logs, ray_start_level
+from hpsearch.search.driver.gpus import check_cluster_gpus
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.storage.remote import parse_uri
+from hpsearch.search.trial.device import ALLOC_CONF
 
 TUNE_ENV_DEFAULTS = {
     # Only the JSON result logger: the per-step losses and confusion matrices are lists, which
@@ -78,11 +84,31 @@ def _start(address: str | None) -> bool:
     return True
 
 
+def trial_env_vars() -> dict[str, str]:
+    """What a joined cluster's trials get in their runtime environment: `ALLOC_CONF`, with the
+    driver's own value of a variable where it has one (the user's wins), minus the variables
+    the Ray job's runtime_env already sets (Ray refuses to merge a job's and a driver's
+    runtime_env that set the same variable, and the job's is the user's choice too)."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    taken = set((job.get("runtime_env") or {}).get("env_vars") or {})
+    return {k: os.environ.get(k, v) for k, v in ALLOC_CONF.items() if k not in taken}
+
+
 def _init(ray, address: str | None) -> None:
 
     if address:
+        # Workers on other nodes inherit their own raylet's environment, not the driver's: the
+        # variables travel in the job's runtime_env, which Ray merges with a `ray job submit`
+        # job's per variable (ray.runtime_env.runtime_env._merge_runtime_env).
+        env = trial_env_vars()
+        runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
         try:
-            ray.init(address=address, log_to_driver=False, logging_level=ray_start_level())
+            ray.init(
+                address=address,
+                log_to_driver=False,
+                logging_level=ray_start_level(),
+                **runtime_env,
+            )
         except ConnectionError as e:
             raise ExperimentError(
                 f"--address {address}: {e}. If the cluster uses token authentication (as "
@@ -90,6 +116,9 @@ def _init(ray, address: str | None) -> None:
                 "~/.ray/auth_token"
             ) from None
     else:
+        # A local Ray's workers inherit the environment of the raylet, which inherits this one.
+        for key, value in ALLOC_CONF.items():
+            os.environ.setdefault(key, value)
         # Trial output is not forwarded: errors land in each trial's error.txt and in
         # trials.parquet; the progress reporter (search.console.printer) is what the console shows.
         ray.init(
@@ -101,15 +130,27 @@ def _init(ray, address: str | None) -> None:
 
 
 @contextmanager
-def ray_session(address: str | None = None, *, discard: Path | None = None) -> Iterator[None]:
+def ray_session(
+    address: str | None = None, *, discard: Path | None = None, gpus: float = 0.0
+) -> Iterator[None]:
     """Ray for the duration of the block: joined at `address`, or started locally; shut down
-    at the end only if this block started it (an already initialised Ray is reused).
+    at the end only if this block started it (an already initialised Ray is reused). Joined
+    to a cluster, trials with `gpus > 0` must be able to get a GPU there
+    (`gpus.check_cluster_gpus`; a local run's GPU is checked before Ray starts).
 
-    `discard` is a run directory this call has just created: if Ray cannot be reached it is
-    removed, since nothing ran and the same --name should work once Ray is reachable."""
+    `discard` is a run directory this call has just created: if Ray cannot be reached, or the
+    cluster cannot give the trials a GPU, it is removed, since nothing ran and the same --name
+    should work once that is fixed."""
     set_tune_env_defaults()
     try:
         owns = _start(address)
+        try:
+            if address:
+                check_cluster_gpus(gpus)
+        except BaseException:
+            if owns:
+                _stop()
+            raise
     except ExperimentError:
         if discard is not None:
             shutil.rmtree(discard, ignore_errors=True)
@@ -120,7 +161,11 @@ def ray_session(address: str | None = None, *, discard: Path | None = None) -> I
             yield
     finally:
         if owns:
-            # lazy: Ray (~0.3 s): `hpsearch validate` checks an experiment's storage without it
-            import ray
+            _stop()
 
-            ray.shutdown()
+
+def _stop() -> None:
+    # lazy: Ray (~0.3 s): `hpsearch validate` checks an experiment's storage without it
+    import ray
+
+    ray.shutdown()

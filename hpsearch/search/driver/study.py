@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpsearch.rundir import EXPERIMENT_FILE
 from hpsearch.search.driver import kfold, tuner
+from hpsearch.search.driver.gpus import check_local_gpu
 from hpsearch.search.driver.resume import resume as resume_search
 from hpsearch.search.driver.session import ray_session
 from hpsearch.search.experiment.schema import load_experiment
@@ -33,7 +34,8 @@ def run(
     """Search, then k-fold if the experiment asks. Returns (run_dir, tables, interrupted)."""
     if exp.kfold is None:
         return tuner.run(exp, name=name, address=address, progress=progress)
-    with ray_session(address):  # one Ray instance for both parts
+    check_local_gpu(exp.resources.gpus, address, "run")  # before a local Ray starts
+    with ray_session(address):  # one Ray instance for both parts (each checks a cluster's GPUs)
         run_dir, tables, interrupted = tuner.run(exp, name=name, address=address, progress=progress)
         if not interrupted:
             _kfold_after(exp, run_dir, address, progress)
@@ -48,6 +50,7 @@ def resume(
     exp = load_experiment(path) if path.exists() else None
     if exp is None or exp.kfold is None:
         return resume_search(run_dir, address=address, progress=progress)
+    check_local_gpu(exp.resources.gpus, address, "resume")  # before a local Ray starts
     with ray_session(address):
         run_dir, tables, interrupted = resume_search(run_dir, address=address, progress=progress)
         if not interrupted:

@@ -3,6 +3,7 @@ behind a ConcurrencyLimiter), the scheduler (ASHA), the run config and the conso
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from hpsearch.search.experiment.space import build_space, grid_points, in_every_
 from hpsearch.search.integrations.tracking import tracking_callbacks
 from hpsearch.search.storage.remote import tune_restore, tune_storage
 from hpsearch.search.storage.remote_tune import keep_credentials_out_of_ray, storage_callbacks
+from hpsearch.search.trial.device import trials_per_device
 from hpsearch.search.trial.trainable import train_trial
 
 if TYPE_CHECKING:
@@ -85,18 +87,37 @@ def max_concurrent(exp: Experiment) -> int:
     if exp.search.max_concurrent:
         return exp.search.max_concurrent
 
-    total = ray.cluster_resources()
-    fits = [int(total.get("CPU", 1) // exp.resources.cpus)]
-    if exp.resources.gpus:
-        fits.append(int(total.get("GPU", 0) // exp.resources.gpus))
-    if min(fits) < 1:
+    fits = trials_that_fit(
+        ray.cluster_resources(), cpus=exp.resources.cpus, gpus=exp.resources.gpus
+    )
+    if fits < 1:
         # An autoscaling cluster starts without workers: what fits now says nothing.
         print(
             "search.max_concurrent: no trial fits the cluster's resources yet (an autoscaling "
             "cluster adds workers later), so trials run one at a time; set "
             "search.max_concurrent to run more at once, e.g. --set search.max_concurrent=8"
         )
-    return max(1, min(fits))
+    return max(1, fits)
+
+
+# Ray's tolerance for resources that should sum to a whole but do not in floating point
+# (0.1 + 0.2 > 0.3; five trials at 0.2 GPUs fill a GPU).
+EPSILON = 1e-6
+
+
+def trials_that_fit(total: dict[str, float], *, cpus: float, gpus: float) -> int:
+    """How many trials Ray runs at once on `total` (ray.cluster_resources()), packing as it
+    does: CPUs as one pool, floor(CPUs / cpus); fractional GPUs per device, never across two,
+    floor(GPUs) x trials_per_device(gpus) (1 GPU at 0.2: 5, not 1 // 0.2 == 4; 3 GPUs at 0.3:
+    9, not 10); whole GPUs floor(GPUs / gpus)."""
+    fits = [math.floor(total.get("CPU", 1) / cpus + EPSILON)]
+    if gpus > 0:
+        devices = total.get("GPU", 0)
+        if gpus < 1:
+            fits.append(math.floor(devices + EPSILON) * trials_per_device(gpus))
+        else:
+            fits.append(math.floor(devices / gpus + EPSILON))
+    return min(fits)
 
 
 def scheduler(exp: Experiment):

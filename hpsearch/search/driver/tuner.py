@@ -47,10 +47,10 @@ def default_run_name(exp: Experiment) -> str:
 
 
 def prepare_run(
-    exp: Experiment, *, name: str | None = None, progress: bool = True
+    exp: Experiment, *, name: str | None = None, address: str | None = None, progress: bool = True
 ) -> tuple[Path, TrialData]:
     """Everything `run` checks and builds before Ray starts. Raises ExperimentError."""
-    check_experiment(exp)
+    check_experiment(exp, address=address)
     if name is not None:
         try:
             check_name(name, "--name")
@@ -102,11 +102,11 @@ def run(
 ) -> tuple[Path, dict[str, Any], bool]:
     """Run a whole search (not the k-fold that may follow it: `search.driver.study.run` chains both).
     Returns (run_dir, tables, interrupted)."""
-    run_dir, data = prepare_run(exp, name=name, progress=progress)
+    run_dir, data = prepare_run(exp, name=name, address=address, progress=progress)
     store = RunStore.of_working_copy(run_dir)  # a stored run: run_dir is its working copy
     settings = TrialSettings.from_experiment(exp)
     data = with_init_state(exp, data, settings, run_dir)
-    with ray_session(address, discard=run_dir):
+    with ray_session(address, discard=run_dir, gpus=exp.resources.gpus):
         storage = None
         if store.remote is not None:  # stored once Ray is up: a run that never started leaves none
             print(f"run {store.shown}: working copy {run_dir}")

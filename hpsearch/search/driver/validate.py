@@ -6,6 +6,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from hpsearch.models import BackboneConfig, is_backbone, missing_weights, size_warning
+from hpsearch.search.driver.gpus import check_local_gpu
 from hpsearch.search.driver.session import check_storage
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.space import check_space
@@ -14,12 +15,16 @@ if TYPE_CHECKING:
     from hpsearch.search.experiment.schema import Experiment
 
 
-def check_experiment(exp: Experiment) -> list[str]:
+def check_experiment(
+    exp: Experiment, *, address: str | None = None, verb: str = "run"
+) -> list[str]:
     """Raise ExperimentError for a storage or space that cannot run, or for pretrained weights
     that are not on this machine; return the reasons of the architecture combinations that are
     infeasible (those trials end at once). Also raises for a `tracking:` library that is not
-    installed."""
+    installed, and, without a cluster `address` to join, for GPUs that CUDA cannot use here
+    (`verb` says which command's fix the message names)."""
     check_storage(exp.storage)
+    check_local_gpu(exp.resources.gpus, address, verb)
     check_weights(exp)
     check_tracking(exp)
     # The class count only sizes the classifier: feasibility depends on the feature maps.

@@ -199,8 +199,29 @@ class TrainSection(_Strict):
 class ResourcesSection(_Strict):
     cpus: float = Field(1.0, gt=0, description="CPUs per trial")
     gpus: float = Field(
-        0.0, ge=0, description="GPUs per trial; fractions pack several trials on one GPU"
+        0.0,
+        ge=0,
+        le=1,
+        description="GPUs per trial: 0 (the CPU), a fraction (several trials packed on each "
+        "GPU, e.g. 0.25: four) or 1; a trial trains on one GPU",
     )
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _one_gpu_per_trial(cls, v: Any) -> Any:
+        # Before pydantic's own `le` check, so the message says what to set instead.
+        try:
+            many = float(v) > 1
+        except (TypeError, ValueError):
+            return v  # (pydantic names the type error)
+        if many and not isinstance(v, bool):
+            raise ValueError(
+                f"a trial trains on one GPU (no data-parallel training across GPUs), so {v} "
+                "would keep all but one of its GPUs idle. Set resources.gpus: 1 for one trial "
+                "per GPU, or a fraction such as 0.5 to pack trials on each GPU; more GPUs run "
+                "more trials at once (search.max_concurrent: 0 fills them)"
+            )
+        return v
 
 
 class FailureSection(_Strict):

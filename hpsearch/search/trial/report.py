@@ -3,8 +3,8 @@ searcher, the tables and the integrations read it. One home for the statuses, th
 the worst value and the Optuna user attributes; everything that reads a report imports these.
 
 A report is a dict passed to `ray.tune.report`: the metrics (`rundir.METRICS`), `epoch`, and
-`status` (`running` while the trial trains; `infeasible` or `diverged` when the trainable ends
-it itself, with a `reason`). A trial restarted from a checkpoint sends its earlier reports
+`status` (`running` while the trial trains; `infeasible`, `diverged` or `oom` when the trainable
+ends it itself, with a `reason`). A trial restarted from a checkpoint sends its earlier reports
 again, marked `replayed`: readers keep an epoch's first report and skip replays."""
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from hpsearch.rundir import ERROR_FILE, TRIAL_PREFIX
 RUNNING = "running"
 INFEASIBLE = "infeasible"  # the architecture cannot be built at this image size; no training
 DIVERGED = "diverged"  # a non-finite loss ended training
+OOM = "oom"  # CUDA ran out of memory within the trial's share of the GPU; not retried
 COMPLETED = "completed"  # trained the experiment's epochs
 STOPPED = "stopped"  # the scheduler stopped it early
 ERROR = "error"  # the trial raised an exception
 # How a trial can end, as trials.parquet's `status` column and the Optuna attribute say.
-END_STATUSES = (COMPLETED, STOPPED, INFEASIBLE, DIVERGED, ERROR)
-ENDED_BY_TRAINABLE = (INFEASIBLE, DIVERGED)
+END_STATUSES = (COMPLETED, STOPPED, INFEASIBLE, DIVERGED, OOM, ERROR)
+ENDED_BY_TRAINABLE = (INFEASIBLE, DIVERGED, OOM)
 
 REPLAYED = "replayed"  # set on a report a restarted trial sends again from its checkpoint
 
@@ -34,14 +35,14 @@ def replayed(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def worst_value(mode: str) -> float:
-    """What an infeasible or diverged trial tells the sampler: the worst possible score, so TPE
+    """What an infeasible, diverged or out-of-memory trial tells the sampler: the worst possible score, so TPE
     learns to avoid that region (a failed Optuna trial would teach it nothing)."""
     return 0.0 if mode == "max" else float("inf")
 
 
 def end_status(last: Mapping[str, Any], epochs: int | None) -> str:
-    """How a trial that ended without an exception ended, from its last report: infeasible or
-    diverged (the trainable says so), completed (it ran the experiment's `epochs`) or stopped
+    """How a trial that ended without an exception ended, from its last report: infeasible,
+    diverged or oom (the trainable says so), completed (it ran the experiment's `epochs`) or stopped
     (the scheduler stopped it before). trials.parquet and the Optuna study's user attributes
     agree."""
     status = last.get("status")

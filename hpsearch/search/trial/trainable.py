@@ -2,9 +2,10 @@
 sliced from the shared cache arrays, report metrics and a checkpoint after every epoch.
 
 Every epoch reports `train_loss`, `train_accuracy`, `train_macro_precision`, `val_loss`,
-`val_accuracy`, `val_macro_precision` (torchmetrics), `seconds`, `images_per_s`, the per-step
-training losses (`step_loss`) and the validation confusion matrix (`confusion`). `status` is
-`running`, or `infeasible` / `diverged` on the trial's last report. Every report also carries
+`val_accuracy`, `val_macro_precision` (as torchmetrics defines them, from a confusion matrix
+accumulated on the device), `seconds`, `images_per_s`, the per-step training losses
+(`step_loss`) and the validation confusion matrix (`confusion`). `status` is `running`, or
+`infeasible` / `diverged` / `oom` on the trial's last report. Every report also carries
 the trial's facts: model shape, `precision`, `channels_last`, `device` and `data_placement`.
 
 Trials packed on one GPU share it: a trial keeps its images resident on the device only within
@@ -16,7 +17,6 @@ the next trial on a reused actor starts on an empty device.
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import math
 import time
@@ -31,7 +31,15 @@ from hpsearch.models import InfeasibleArchitecture
 from hpsearch.search.experiment.dimensions import encode_layers
 from hpsearch.search.experiment.space import model_config
 from hpsearch.search.trial.checkpoints import report_with_checkpoint, restore
-from hpsearch.search.trial.report import DIVERGED, INFEASIBLE, RUNNING, replayed, worst_value
+from hpsearch.search.trial.device import (
+    limit_memory,
+    memory_share,
+    native_bf16,
+    release_device_memory,
+    require_cuda,
+    trials_per_device,
+)
+from hpsearch.search.trial.report import DIVERGED, INFEASIBLE, OOM, RUNNING, replayed, worst_value
 
 if TYPE_CHECKING:
     from hpsearch.search.trial.inputs import TrialData, TrialSettings
@@ -42,24 +50,26 @@ if TYPE_CHECKING:
 DEVICE_SHARE = 0.5
 
 
-def trials_per_device(gpus: float) -> int:
-    """How many trials Ray packs on one GPU with `resources.gpus: gpus` (1 / gpus, rounded
-    down, at least 1)."""
-    return max(1, math.floor(1 / gpus + 1e-9)) if gpus > 0 else 1
-
-
 def placement(
-    images_bytes: int, free_bytes: int, trials_per_device: int, setting: str | float = "auto"
+    images_bytes: int,
+    free_bytes: int,
+    trials_per_device: int,
+    setting: str | float = "auto",
+    *,
+    cap_bytes: float | None = None,
 ) -> str:
     """`device` (keep the trial's images resident on the GPU) or `stream` (copy each batch from
     the host). `setting` is `train.data_on_device`: `always`, `never`, a budget in GB (1e9
-    bytes) per trial, or `auto`: a budget of DEVICE_SHARE x free_bytes / trials_per_device."""
+    bytes) per trial, or `auto`: a budget of DEVICE_SHARE x the trial's memory, which is
+    free_bytes / trials_per_device, and at most `cap_bytes` (the trial's capped share of the
+    device, `device.limit_memory`)."""
     if setting == "always":
         return "device"
     if setting == "never":
         return "stream"
     if setting == "auto":
-        budget = DEVICE_SHARE * free_bytes / max(1, int(trials_per_device))
+        mine = free_bytes / max(1, int(trials_per_device))
+        budget = DEVICE_SHARE * (mine if cap_bytes is None else min(mine, cap_bytes))
     elif isinstance(setting, int | float) and not isinstance(setting, bool) and setting > 0:
         budget = float(setting) * 1e9
     else:
@@ -71,26 +81,33 @@ def placement(
 
 def data_placement(device: str, images_bytes: int, settings: TrialSettings) -> str:
     """The trial's placement: `host` on the CPU, else `placement` with the free memory of the
-    trial's GPU now (before its model is built)."""
+    trial's GPU now (before its model is built) and the trial's share of the device as cap."""
     if not device.startswith("cuda"):
         return "host"
     # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
 
-    free, _total = torch.cuda.mem_get_info(device)
-    return placement(images_bytes, free, trials_per_device(settings.gpus), settings.data_on_device)
+    free, total = torch.cuda.mem_get_info(device)
+    return placement(
+        images_bytes,
+        free,
+        trials_per_device(settings.gpus),
+        settings.data_on_device,
+        cap_bytes=total * memory_share(settings.gpus),
+    )
 
 
 def choose_precision(requested: str, device: str) -> str:
-    """'bf16' or 'fp32'. `auto` picks bf16 autocast only where the hardware runs it fast:
-    CUDA with bf16 support, or a CPU with AMX tiles. Elsewhere bf16 is emulated and slower."""
+    """'bf16' or 'fp32'. `auto` picks bf16 autocast only where the hardware runs it natively:
+    a CUDA device with bf16 units (Ampere and later; not a T4, where torch emulates it), or a
+    CPU with AMX tiles. Elsewhere bf16 is emulated and slower than fp32."""
     # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
 
     if requested != "auto":
         return requested
     if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if native_bf16() else "fp32"
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return "bf16" if amx is not None and amx() else "fp32"
 
@@ -123,20 +140,43 @@ def make_optimizer(config: dict[str, Any], params):
     raise ValueError(f"optimizer {name!r}: allowed are sgd, adam, rmsprop")
 
 
+def confusion_update(confusion, logits, target) -> None:
+    """Add a batch to `confusion` ([C, C] int64 on the batch's device, rows = true class,
+    columns = predicted) with one fixed-size `index_add_`: no value is read back to the host,
+    unlike torchmetrics' per-step `bincount` on CUDA."""
+    c = confusion.shape[0]
+    pairs = target * c + logits.argmax(dim=1)
+    confusion.view(-1).index_add_(0, pairs, pairs.new_ones(pairs.shape))
+
+
+def confusion_metrics(confusion) -> tuple[float, float]:
+    """(micro accuracy, macro precision) of an accumulated confusion matrix, as torchmetrics
+    defines them (its functional metrics on the (target, prediction) pairs the matrix counts).
+    Read once per epoch: one device-to-host copy of C x C counts."""
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
+    import torch
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_precision
+
+    counts = confusion.detach().cpu().reshape(-1)
+    c = confusion.shape[0]
+    pairs = torch.repeat_interleave(torch.arange(c * c), counts)
+    target, preds = pairs // c, pairs % c
+    if pairs.numel() == 0:
+        return 0.0, 0.0
+    acc = multiclass_accuracy(preds, target, c, average="micro", validate_args=False)
+    prec = multiclass_precision(preds, target, c, average="macro", validate_args=False)
+    return float(acc), float(prec)
+
+
 def _evaluate(model, batches, num_classes: int, autocast) -> dict[str, Any]:
+    """Loss, accuracy, macro precision and confusion matrix of `model` on `batches`: everything
+    accumulates on the device, and is read back once at the end."""
     # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
     import torch.nn.functional as F
-    from torchmetrics.classification import (
-        MulticlassAccuracy,
-        MulticlassConfusionMatrix,
-        MulticlassPrecision,
-    )
 
     device = next(model.parameters()).device
-    acc = MulticlassAccuracy(num_classes, average="micro").to(device)
-    prec = MulticlassPrecision(num_classes, average="macro").to(device)
-    confusion = MulticlassConfusionMatrix(num_classes).to(device)
+    confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), device=device)
     n = 0
     model.eval()
@@ -147,14 +187,13 @@ def _evaluate(model, batches, num_classes: int, autocast) -> dict[str, Any]:
             logits = logits.float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             n += y.numel()
-            acc.update(logits, y)
-            prec.update(logits, y)
-            confusion.update(logits, y)
+            confusion_update(confusion, logits, y)
+    accuracy, macro_precision = confusion_metrics(confusion)
     return {
         "loss": loss_sum.item() / max(n, 1),
-        "accuracy": acc.compute().item(),
-        "macro_precision": prec.compute().item(),
-        "confusion": confusion.compute().cpu().tolist(),
+        "accuracy": accuracy,
+        "macro_precision": macro_precision,
+        "confusion": confusion.cpu().tolist(),
     }
 
 
@@ -171,17 +210,25 @@ class Trainer:
         *,
         train_idx,
         val_idx,
+        device: str | None = None,
     ) -> None:
-
+        """`device`: where to train; by default CUDA when `settings.gpus > 0` (GPUUnavailable
+        when CUDA cannot be used: a trial given a GPU never trains on the CPU), else the CPU."""
         # lazy: torch takes ~2.5 s to import; only building or training a model needs it
         import torch
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassPrecision
 
         # lazy: torch takes ~2.5 s to import; only building or training a model needs it
         from hpsearch.data_pipeline import Batches
 
         torch.set_num_threads(max(1, int(settings.cpus)))
-        self.device = "cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu"
+        if device is None:
+            if settings.gpus > 0:
+                require_cuda()
+            device = "cuda" if settings.gpus > 0 else "cpu"
+        self.device = device
+        if self.device.startswith("cuda"):
+            limit_memory(settings.gpus or 1.0, self.device)
+            torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels
         image_bytes = (len(train_idx) + len(val_idx)) * math.prod(data.images.shape[1:])
         self.data_placement = data_placement(self.device, image_bytes, settings)
         self.precision = choose_precision(settings.precision, self.device)
@@ -245,8 +292,9 @@ class Trainer:
             shuffle=False,
             **common,
         )
-        self._acc = MulticlassAccuracy(self.num_classes, average="micro").to(self.device)
-        self._prec = MulticlassPrecision(self.num_classes, average="macro").to(self.device)
+        self._confusion = torch.zeros(
+            (self.num_classes, self.num_classes), dtype=torch.int64, device=self.device
+        )
 
     def close(self) -> None:
         """Drop the model, optimizer, metrics and batches (with any device-resident images), so
@@ -257,8 +305,7 @@ class Trainer:
             "train_batches",
             "eval_train_batches",
             "val_batches",
-            "_acc",
-            "_prec",
+            "_confusion",
             "_penalised",
         ):
             self.__dict__.pop(name, None)
@@ -274,19 +321,37 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch; returns step losses, train metrics, seconds, images/s. The step losses
-        are checked by the caller: a non-finite loss means the trial diverged."""
+        are checked by the caller: a non-finite loss means the trial diverged. The steps never
+        wait for the device: losses and the confusion matrix stay there until the epoch ends."""
         # lazy: torch takes ~2.5 s to import; only building or training a model needs it
         import torch
-        import torch.nn.functional as F
 
         t0 = time.perf_counter()
         torch.manual_seed(self.seed * 1000 + epoch)  # dropout masks: the same after a resume
         self.train_batches.set_epoch(epoch)
-        self._acc.reset()
-        self._prec.reset()
+        self._confusion.zero_()
+        losses, n_images = self.run_steps(self.train_batches)
+        step_loss = torch.stack(losses).float().cpu().tolist()  # the epoch's one wait
+        accuracy, macro_precision = confusion_metrics(self._confusion)
+        seconds = time.perf_counter() - t0
+        return {
+            "step_loss": step_loss,
+            "train_loss": sum(step_loss) / len(step_loss),
+            "train_accuracy": accuracy,
+            "train_macro_precision": macro_precision,
+            "seconds": seconds,
+            "images_per_s": n_images / seconds,
+        }
+
+    def run_steps(self, batches) -> tuple[list[Any], int]:
+        """Train on every batch of `batches` (one epoch of them): the losses as device tensors
+        and the number of images. Nothing in here reads a value back to the host."""
+        # lazy: torch takes ~2.5 s to import; only building or training a model needs it
+        import torch.nn.functional as F
+
         self.model.train()
         losses, n_images = [], 0
-        for x, y in self.train_batches:
+        for x, y in batches:
             with self._autocast():
                 logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y)
@@ -296,19 +361,9 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             losses.append(loss.detach())
-            self._acc.update(logits.detach().float(), y)
-            self._prec.update(logits.detach().float(), y)
+            confusion_update(self._confusion, logits.detach(), y)
             n_images += y.numel()
-        step_loss = torch.stack(losses).float().cpu().tolist()
-        seconds = time.perf_counter() - t0
-        return {
-            "step_loss": step_loss,
-            "train_loss": sum(step_loss) / len(step_loss),
-            "train_accuracy": self._acc.compute().item(),
-            "train_macro_precision": self._prec.compute().item(),
-            "seconds": seconds,
-            "images_per_s": n_images / seconds,
-        }
+        return losses, n_images
 
     def evaluate(self, batches) -> dict[str, Any]:
         return _evaluate(self.model, batches, self.num_classes, self._autocast)
@@ -324,17 +379,6 @@ def l1_norm(params):
 
 def first_non_finite(values: list[float]) -> int | None:
     return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
-
-
-def release_device_memory() -> None:
-    """Collect what a finished trial left unreachable and, on CUDA, hand the allocator's cached
-    blocks back to the device (for the other trials packed on it)."""
-    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def train_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSettings) -> None:
@@ -356,6 +400,9 @@ def train_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSetti
 
 
 def _run_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSettings) -> None:
+    # lazy: torch takes ~2.5 s to import; only building or training a model needs it
+    import torch
+
     metric, mode = settings.metric, settings.mode
     try:
         cfg = model_config(config, image_size=settings.image_size, num_classes=data.num_classes)
@@ -363,14 +410,54 @@ def _run_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSettin
         tune.report({metric: worst_value(mode), "status": INFEASIBLE, "reason": str(e), "epoch": 0})
         return
     train_idx, val_idx = data.split(config.get("fold"))
-    trainer = Trainer(cfg, config, data, settings, train_idx=train_idx, val_idx=val_idx)
+    progress = {"epoch": 0, "placement": None}
     try:
-        _train(trainer, cfg, config, settings)
-    finally:
-        trainer.close()
+        trainer = Trainer(cfg, config, data, settings, train_idx=train_idx, val_idx=val_idx)
+        progress["placement"] = trainer.data_placement
+        try:
+            _train(trainer, cfg, config, settings, progress)
+        finally:
+            trainer.close()
+    except torch.cuda.OutOfMemoryError as e:
+        # Out of its share of the device: not a crash to retry (it would run out again), but
+        # a region of the space TPE should learn to avoid, scored like an infeasible one.
+        traceback.clear_frames(e.__traceback__)
+        trainer = None
+        release_device_memory()
+        tune.report(
+            {
+                metric: worst_value(mode),
+                "status": OOM,
+                "reason": oom_reason(config, settings, progress),
+                "epoch": progress["epoch"],
+            }
+        )
 
 
-def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSettings) -> None:
+def oom_reason(config: dict[str, Any], settings: TrialSettings, progress: dict[str, Any]) -> str:
+    """What an out-of-memory trial tells the user: where it ran out and what to change."""
+    batch = int(config.get("batch_size") or settings.batch_size)
+    where = f"in epoch {progress['epoch']}" if progress["epoch"] else "while starting"
+    placed = progress["placement"]
+    fixes = [
+        f"a smaller train.batch_size (now {batch})",
+        f"a larger resources.gpus (now {settings.gpus}: fewer trials share the device)",
+    ]
+    if placed == "device":
+        fixes.append("train.data_on_device: never (stream the images instead of keeping them)")
+    return (
+        f"CUDA out of memory {where}, within the trial's {settings.gpus:g} share of the GPU "
+        f"(images {placed or 'not yet placed'}); try " + ", or ".join(fixes)
+    )
+
+
+def _train(
+    trainer: Trainer,
+    cfg,
+    config: dict[str, Any],
+    settings: TrialSettings,
+    progress: dict[str, Any],
+) -> None:
     metric, mode = settings.metric, settings.mode
     params, macs = models.cost(cfg)
     convs = getattr(cfg, "convs", ())  # a backbone's layers are torchvision's own
@@ -404,6 +491,7 @@ def _train(trainer: Trainer, cfg, config: dict[str, Any], settings: TrialSetting
 
     epochs = settings.epochs
     for epoch in range(start_epoch, epochs):
+        progress["epoch"] = epoch + 1
         result: dict[str, Any] = {"epoch": epoch + 1, **facts, **trainer.train_epoch(epoch)}
         bad = first_non_finite(result["step_loss"])
         if bad is not None:
