@@ -50,8 +50,11 @@ test: $(STAMP) lint browser
 check: $(STAMP) lint
 	$(PY) -m pytest -m "not slow" -q
 
+# Every benchmark (bench_replay's headline among them), then bench_replay's full comparison
+# (13 strategies x 2 tables x 1, 4, 16 workers, 50 seeds: about 12 min on 2 cores).
 bench: $(STAMP)
 	$(PY) -m benchmarks
+	$(PY) -m benchmarks bench_replay -- --full
 
 # The experiment-file page is generated from the schema and the dimension table; the build is
 # strict (a broken link or anchor fails it), as in tests/test_docs.py.

@@ -42,8 +42,8 @@ TRIALS_FILE = "trials.parquet"
 # dimension (its `Dimension.report`; tests/search/test_dimensions.py keeps the two in step).
 CONFIG_REPORT_COLUMNS = (
     "arch", "pretrained", "freeze", "backbone_lr_scale", "width", "model_strides",
-    "model_kernels", "dropout", "batchnorm", "batch_size", "l1", "mlp", "optimizer", "lr",
-    "momentum", "weight_decay",
+    "model_kernels", "dropout", "batchnorm", "batch_size", "l1", "mlp", "seed", "optimizer",
+    "lr", "momentum", "weight_decay",
 )  # fmt: skip
 EPOCHS_FILE = "epochs.parquet"
 STEPS_FILE = "steps.parquet"

@@ -78,3 +78,10 @@ def test_options_after_dashes_go_to_one_benchmark(bench, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         runner.main(["bench_gpu", "bench_step", "--", "--steps", "2"])
     assert exc.value.code == 2 and "name exactly one" in capsys.readouterr().err
+
+
+def test_bench_replay_smoke(bench, capsys) -> None:
+    """The replay on the first shipped table, 3 seeds: its last line is the headline's form."""
+    out = run_smoke(bench, "bench_replay", capsys, "--processes", "1")
+    last = out.strip().splitlines()[-1]
+    assert "ratio" in last and "95 % CI" in last and "random search" in last

@@ -194,6 +194,7 @@ def test_takes_effect_where_the_table_says(dim, tiny_data, tiny_settings):
         assert ma != mb, f"{dim.name} does not change the model"
         return
     data = tiny_data(size=32)
+    digests: list[str] = []
     for value, c in zip(dim.examples, (a, b), strict=True):
         cfg = model_config(c, image_size=32, num_classes=3)
         trainer = Trainer(
@@ -214,8 +215,13 @@ def test_takes_effect_where_the_table_says(dim, tiny_data, tiny_settings):
                 assert trainer.optimizer.param_groups[0][dim.name] == value
         elif dim.reaches == "loss":
             assert trainer.l1 == value
+        elif dim.reaches == "noise":  # the training seed: initial weights (and batch order)
+            assert trainer.seed == value
+            digests.append(trainer.weights_digest())
         else:
             assert trainer.train_batches.batch_size == value
+    if dim.reaches == "noise":
+        assert digests[0] != digests[1], f"{dim.name} does not change the initial weights"
 
 
 @pytest.mark.parametrize("dim", DIMS, ids=IDS)
@@ -240,3 +246,30 @@ def test_the_console_shows_the_console_dimensions_that_every_trial_has(tmp_path)
     shown = shown_params(exp)
     assert shown[:3] == ["arch", "width", "dropout"] and {"optimizer", "lr"} <= set(shown)
     assert "mlp" not in shown and "momentum" not in shown  # unset; adam has no momentum
+
+
+def test_the_training_seed_repeats_a_trial_and_another_seed_does_not(tiny_data, tiny_settings):
+    """search.space.seed: the same seed trains the same curve whatever train.seed says; another
+    seed starts from other weights and draws other batches."""
+    import numpy as np
+
+    from hpsearch.search.trial.trainable import Trainer
+
+    data = tiny_data(size=16)
+
+    def curve(seed: int, train_seed: int = 0) -> list[float]:
+        config = {"arch": "FlatAlexNet", "width": 0.125, "mlp": "16", "dropout": 0.5}
+        config.update(optimizer="sgd", lr=0.05, seed=seed)
+        cfg = model_config(config, image_size=16, num_classes=3)
+        trainer = Trainer(
+            cfg,
+            config,
+            data,
+            tiny_settings(seed=train_seed),
+            train_idx=np.arange(32),
+            val_idx=np.arange(32, 48),
+        )
+        return [loss for epoch in (1, 2) for loss in trainer.train_epoch(epoch)["step_loss"]]
+
+    assert curve(1) == curve(1, train_seed=7)
+    assert curve(0) != curve(1)

@@ -18,9 +18,10 @@ from ray.tune.search import ConcurrencyLimiter
 
 from hpsearch.rundir import OPTUNA_DB, TRIAL_PREFIX
 from hpsearch.search.console.tune import ConsoleReporter
+from hpsearch.search.driver.grid_sampler import DistinctGridSampler
 from hpsearch.search.driver.searcher import ResumableOptunaSearch
 from hpsearch.search.experiment.dimensions import DIMENSIONS
-from hpsearch.search.experiment.space import build_space, grid_points, in_every_config
+from hpsearch.search.experiment.space import build_space, in_every_config
 from hpsearch.search.integrations.tracking import tracking_callbacks
 from hpsearch.search.storage.remote import tune_restore, tune_storage
 from hpsearch.search.storage.remote_tune import keep_credentials_out_of_ray, storage_callbacks
@@ -52,35 +53,53 @@ def search_trainable(exp: Experiment, data: TrialData, settings: TrialSettings):
     return trainable(exp, train_trial, data=data, settings=settings)
 
 
-def searcher(exp: Experiment, run_dir: Path):
-
+def sampler(exp: Experiment) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of `search.algorithm`, with hpsearch's settings (what `run` uses, and
+    what `benchmarks/bench_replay.py` replays)."""
     s = exp.search
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if s.algorithm == "tpe":
-            sampler = optuna.samplers.TPESampler(
+            return optuna.samplers.TPESampler(
                 seed=s.seed,
                 n_startup_trials=max(2, min(10, s.num_trials // 3)),
                 multivariate=True,
                 group=True,  # conditional optimizer parameters form their own groups
                 constant_liar=True,  # parallel trials: don't propose the same point twice
             )
-        elif s.algorithm == "random":
-            sampler = optuna.samplers.RandomSampler(seed=s.seed)
-        else:
-            sampler = optuna.samplers.GridSampler(grid_points(s.space), seed=s.seed)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(run_dir / OPTUNA_DB).resolve()}")
+        if s.algorithm == "random":
+            return optuna.samplers.RandomSampler(seed=s.seed)
+        return DistinctGridSampler(seed=s.seed)  # each distinct configuration once
+
+
+def searcher(
+    exp: Experiment,
+    run_dir: Path | None,
+    *,
+    max_concurrent_trials: int | None = None,
+    optuna_sampler: optuna.samplers.BaseSampler | None = None,
+):
+    """ResumableOptunaSearch over the experiment's space behind a ConcurrencyLimiter; its study
+    in `run_dir`/optuna.db (None: in memory, as the replay benchmark runs it). The sampler is
+    `sampler(exp)` unless `optuna_sampler` is given (the replay's other samplers)."""
+    s = exp.search
+    storage = (
+        optuna.storages.RDBStorage(f"sqlite:///{(run_dir / OPTUNA_DB).resolve()}")
+        if run_dir is not None
+        else optuna.storages.InMemoryStorage()
+    )
     search = ResumableOptunaSearch(
         space=build_space(s.space, grid=s.algorithm == "grid"),
         metric=s.metric,
         mode=s.mode,
-        sampler=sampler,
+        sampler=optuna_sampler if optuna_sampler is not None else sampler(exp),
         study_name=exp.name,
         storage=storage,
         max_epochs=exp.train.epochs,
-        run_dir=str(run_dir.resolve()),
+        run_dir=str(run_dir.resolve()) if run_dir is not None else None,
     )
-    return ConcurrencyLimiter(search, max_concurrent=max_concurrent(exp))
+    limit = max_concurrent_trials if max_concurrent_trials is not None else max_concurrent(exp)
+    return ConcurrencyLimiter(search, max_concurrent=limit)
 
 
 def max_concurrent(exp: Experiment) -> int:

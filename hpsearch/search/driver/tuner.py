@@ -25,10 +25,11 @@ from hpsearch.rundir import (
     table_file,
     write_text,
 )
+from hpsearch.search.console.printer import is_quiet
 from hpsearch.search.driver.export import export_run, library_versions
 from hpsearch.search.driver.session import ray_session
 from hpsearch.search.driver.tune_setup import new_tuner
-from hpsearch.search.driver.validate import check_experiment
+from hpsearch.search.driver.validate import check_experiment, grid_coverage
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.schema import Experiment
 from hpsearch.search.storage.remote import RemoteRun, is_uri, parse_uri
@@ -51,6 +52,9 @@ def prepare_run(
 ) -> tuple[Path, TrialData]:
     """Everything `run` checks and builds before Ray starts. Raises ExperimentError."""
     check_experiment(exp, address=address)
+    coverage = grid_coverage(exp)
+    if coverage is not None and not is_quiet():
+        print(f"grid: {coverage}")
     if name is not None:
         try:
             check_name(name, "--name")

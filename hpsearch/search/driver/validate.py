@@ -9,7 +9,7 @@ from hpsearch.models import BackboneConfig, is_backbone, missing_weights, size_w
 from hpsearch.search.driver.gpus import check_local_gpu
 from hpsearch.search.driver.session import check_storage
 from hpsearch.search.errors import ExperimentError
-from hpsearch.search.experiment.space import check_space
+from hpsearch.search.experiment.space import check_space, grid_size
 
 if TYPE_CHECKING:
     from hpsearch.search.experiment.schema import Experiment
@@ -29,6 +29,22 @@ def check_experiment(
     check_tracking(exp)
     # The class count only sizes the classifier: feasibility depends on the feature maps.
     return check_space(exp.search.space, image_size=exp.data.image_size, num_classes=2)
+
+
+def grid_coverage(exp: Experiment) -> str | None:
+    """For `search.algorithm: grid`, how much of the grid `search.num_trials` runs (the schema
+    refuses more trials than distinct configurations); None for the other samplers."""
+    s = exp.search
+    if s.algorithm != "grid":
+        return None
+    size = grid_size(s.space)
+    if s.num_trials < size:
+        return (
+            f"search.num_trials ({s.num_trials}) covers only part of the grid: {s.num_trials} "
+            f"of its {size} distinct configurations, in an order drawn by search.seed; leave "
+            f"num_trials out (or set it to {size}) to run them all"
+        )
+    return f"the grid's {size} distinct configurations, each once"
 
 
 def check_tracking(exp: Experiment) -> None:
@@ -79,6 +95,9 @@ def format_validation(exp: Experiment, source: str, skipped: list[str]) -> str:
         f"  scheduler {exp.scheduler.type}, {exp.train.epochs} epochs, "
         f"image size {exp.data.image_size} px",
     ]
+    coverage = grid_coverage(exp)
+    if coverage is not None:
+        lines.append(f"  grid: {coverage}")
     if exp.tracking.tensorboard:
         lines.append("  tracking: TensorBoard event files per trial (tensorboard --logdir RUN_DIR)")
     if exp.tracking.mlflow is not None:

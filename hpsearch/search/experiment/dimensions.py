@@ -243,7 +243,9 @@ class Bounds:
         return f"{'<' if self.high_open else '<='} {self.high:g}"
 
 
-Reaches = Literal["model", "optimizer", "batches", "loss"]
+# What a value changes: the model, the optimizer, the batches, the loss, or only the training's
+# random draws (the seed: initial weights, batch order, augmentation, dropout masks).
+Reaches = Literal["model", "optimizer", "batches", "loss", "noise"]
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ class Dimension:
     kind: Kind
     help: str
     examples: tuple[Any, ...]  # two valid values, for docs and the table-driven tests
-    reaches: Reaches  # what the value changes: the model, the optimizer, the batches or the loss
+    reaches: Reaches  # what the value changes (see Reaches)
     default: Any = None  # the YAML form when the file leaves it out; None: the preset's value
     bounds: Bounds | None = None
     what: str = "values"  # for bound messages: "dropout p must be in [0, 1)"
@@ -367,6 +369,10 @@ _DIMENSIONS = (
     Dimension("mlp_width", INT, "units of each hidden layer (each layer draws its own)",
               (64, 128), "model", default={"low": 64, "high": 4096, "log": True},
               bounds=Bounds(low=1), shapes_weights=True, width_of="mlp_layers"),
+    Dimension("seed", INT, "training seed of each trial: its initial weights, batch order, "
+              "augmentation and dropout masks (default: train.seed); a list repeats every "
+              "configuration once per seed", (0, 1), "noise", bounds=Bounds(low=0),
+              what="training seeds", console=True, report="seed"),
     Dimension("optimizer", STR, "optimizer(s), each with its own lr, momentum, weight_decay",
               ("sgd", "adam"), "optimizer", allowed=lambda: OPTIMIZERS, noun="optimizer",
               console=True, report="optimizer"),

@@ -28,7 +28,7 @@ from pydantic import (
 from hpsearch.rundir import EXPERIMENT_FILE, METRICS, NAME_PATTERN, metric_mode
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.files import packaged_names_hint
-from hpsearch.search.experiment.space import grid_points, varying_architecture_dims
+from hpsearch.search.experiment.space import grid_size, varying_architecture_dims
 from hpsearch.search.experiment.space_model import SearchSpace
 from hpsearch.search.experiment.space_model import Strict as _Strict
 
@@ -87,9 +87,16 @@ class DataSection(_Strict):
 
 class SearchSection(_Strict):
     algorithm: Literal["tpe", "random", "grid"] = Field(
-        "tpe", description="Optuna's sampler: tpe, random, or grid (every value of the space)"
+        "tpe",
+        description="Optuna's sampler: tpe, random, or grid (every distinct configuration of "
+        "the space once)",
     )
-    num_trials: int = Field(20, ge=1, description="how many trials the search runs")
+    num_trials: int = Field(
+        20,
+        ge=1,
+        description="how many trials the search runs (grid: default and at most the grid's "
+        "distinct configurations)",
+    )
     max_concurrent: int = Field(
         0, ge=0, description="trials at a time (0: as many as the resources allow)"
     )
@@ -161,7 +168,11 @@ class TrainSection(_Strict):
         description="auto: bf16 autocast with channels-last where the hardware runs it fast "
         "(a CUDA GPU with bf16, a CPU with AMX), else fp32",
     )
-    seed: int = Field(0, description="seed of each trial's initial weights and batch order")
+    seed: int = Field(
+        0,
+        description="seed of each trial's initial weights and batch order "
+        "(search.space.seed overrides it)",
+    )
     augment: bool = Field(False, description="on-device random crop + flip")
     eval_batch_size: int = Field(512, ge=1, description="batch size of the evaluations")
     same_init: SameInit | None = Field(
@@ -308,7 +319,7 @@ class Experiment(_Strict):
     @model_validator(mode="after")
     def _grid(self) -> Experiment:
         if self.search.algorithm == "grid":
-            grid_points(self.search.space)  # raises if a dimension is a continuous range
+            self._grid_trials(grid_size(self.search.space))  # raises for a continuous range
         if self.train.same_init is not None:
             varying = varying_architecture_dims(self.search.space)
             if varying:
@@ -322,6 +333,20 @@ class Experiment(_Strict):
                 f"({self.train.epochs}); lower it or train longer"
             )
         return self
+
+    def _grid_trials(self, size: int) -> None:
+        """A grid runs each of its distinct configurations once: num_trials defaults to their
+        number, and more trials than that would only repeat configurations."""
+        s = self.search
+        if "num_trials" not in s.model_fields_set:
+            s.num_trials = size
+        elif s.num_trials > size:
+            raise ValueError(
+                f"search.num_trials ({s.num_trials}) exceeds the grid's {size} distinct "
+                f"configurations, so trials would repeat configurations: set it to {size} or "
+                "leave it out (a grid's default); to train every configuration several times, "
+                "list training seeds, e.g. search.space.seed: [0, 1]"
+            )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

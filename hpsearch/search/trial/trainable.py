@@ -239,7 +239,7 @@ class Trainer:
             if fast
             else contextlib.nullcontext
         )
-        self.seed = int(settings.seed)
+        self.seed = int(config.get("seed", settings.seed))  # search.space.seed, else train.seed
         self.num_classes = data.num_classes
         torch.manual_seed(self.seed)
         self.model = models.build(cfg)
