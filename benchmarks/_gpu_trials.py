@@ -163,13 +163,14 @@ def run_trials(jobs: Sequence[TrialJob], *, timeout_s: float) -> list[TrialTimin
 # --- syncs per training step, in this process ---------------------------------------------------
 
 
-class _Watched:
-    """A trainer's training batches with torch's sync debug mode set to `mode` from the epoch's
-    first batch until its loop asks for one past the last: the steps, not the epoch's end
-    (which reads the losses back once, by design)."""
+class SyncWatched:
+    """A trainer's training batches with torch's sync debug mode set to `mode` ("warn" counts,
+    "error" raises RuntimeError) from the epoch's first batch until its loop asks for one past
+    the last: the steps, not the epoch's end (which reads the losses back once, by design).
+    `extra(x, y)` runs inside each step's window (the CUDA tests plant a sync with it)."""
 
-    def __init__(self, batches: Any, mode: str) -> None:
-        self._batches, self.mode, self.steps = batches, mode, 0
+    def __init__(self, batches: Any, mode: str = "error", extra: Any = None) -> None:
+        self._batches, self.mode, self.extra, self.steps = batches, mode, extra, 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._batches, name)
@@ -184,6 +185,8 @@ class _Watched:
         try:
             for batch in it:
                 self.steps += 1
+                if self.extra is not None:
+                    self.extra(*batch)
                 yield batch
         finally:
             torch.cuda.set_sync_debug_mode(before)
@@ -196,12 +199,12 @@ def count_syncs(job: TrialJob) -> dict[str, Any]:
     try:
         trainer.train_epoch(0)  # warm-up: first-use syncs (cuDNN autotuning, lazy init)
         batches = trainer.train_batches
-        trainer.train_batches = warned = _Watched(batches, "warn")
+        trainer.train_batches = warned = SyncWatched(batches, "warn")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             trainer.train_epoch(1)
         syncs = sum("synchroniz" in str(w.message) for w in caught)
-        trainer.train_batches = checked = _Watched(batches, "error")
+        trainer.train_batches = checked = SyncWatched(batches, "error")
         raised = None
         try:
             trainer.train_epoch(2)

@@ -20,6 +20,7 @@ import ray
 import torch
 from ray import tune
 
+from benchmarks._gpu_trials import SyncWatched
 from hpsearch.search.trial.images import ImageSource
 from hpsearch.search.trial.inputs import TrialData, TrialSettings
 
@@ -98,38 +99,9 @@ def trial_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     return lambda name, resume=False: TrialRun(monkeypatch, tmp_path / name, resume=resume)
 
 
-class SyncChecked:
-    """A trainer's training batches with torch's sync debug mode at "error" from the epoch's
-    first batch until its loop asks for one past the last: a host-device sync in a training step
-    raises RuntimeError there; the epoch's end, which reads the losses back once, is not checked.
-    `extra(x, y)` runs inside each step's window (to plant a sync)."""
-
-    def __init__(self, batches: Any, extra: Any = None) -> None:
-        self._batches, self.extra, self.steps = batches, extra, 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._batches, name)
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-    def __iter__(self) -> Iterator[Any]:
-        it = iter(self._batches)
-        before = torch.cuda.get_sync_debug_mode()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            for x, y in it:
-                self.steps += 1
-                if self.extra is not None:
-                    self.extra(x, y)
-                yield x, y
-        finally:
-            torch.cuda.set_sync_debug_mode(before)
-
-
 @pytest.fixture(autouse=True)
 def _sync_debug_mode_put_back() -> Iterator[None]:
-    """A step that raised inside SyncChecked leaves "error" mode on until its frame is freed:
+    """A step that raised inside SyncWatched leaves "error" mode on until its frame is freed:
     no other test inherits it."""
     if not torch.cuda.is_available():
         yield
@@ -146,5 +118,5 @@ def cuda_kit() -> SimpleNamespace:
         learnable_data=learnable_data,
         gpu_settings=gpu_settings,
         allocated=allocated,
-        SyncChecked=SyncChecked,
+        SyncChecked=SyncWatched,  # mode "error": a sync in a training step raises
     )
