@@ -6,7 +6,9 @@ training, then once through a real `hpsearch run` on a tiny folder."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -18,9 +20,43 @@ from hpsearch.search.driver.grid_sampler import DistinctGridSampler
 from hpsearch.search.driver.validate import format_validation, grid_coverage
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.experiment.schema import SearchSpace, load_experiment
-from hpsearch.search.experiment.space import build_space, grid_configs, grid_points, grid_size
+from hpsearch.search.experiment.space import build_space, grid_points, grid_size
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _Path:
+    """A stand-in for an Optuna trial that answers the define-by-run function's choices from a
+    list of indices (0 past its end) and records how many options each choice had."""
+
+    def __init__(self, picks: list[int]) -> None:
+        self.picks, self.options = picks, []
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        i = len(self.options)
+        self.options.append(len(choices))
+        return choices[self.picks[i] if i < len(self.picks) else 0]
+
+
+def grid_configs(space: SearchSpace) -> Iterator[dict[str, Any]]:
+    """The oracle of `grid_size`: every distinct configuration of a discrete space once, as trial configs (what the grid's
+    define-by-run function returns): the tree of its choices walked depth first, so conditional
+    parameters appear only where they are drawn (an MLP width only for the layers a depth has,
+    an optimizer's lr only with that optimizer). `grid_size` counts them."""
+    grid_points(space)  # names a continuous range
+    define = build_space(space, grid=True)
+    picks: list[int] = []
+    while True:
+        path = _Path(picks)
+        yield define(path)
+        picks = picks + [0] * (len(path.options) - len(picks))
+        # the next leaf: advance the deepest choice that has an option left, reset those below
+        deepest = max((i for i, n in enumerate(path.options) if picks[i] + 1 < n), default=None)
+        if deepest is None:
+            return
+        picks = picks[:deepest] + [picks[deepest] + 1]
+
+
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "benchmarks" / "tables" / "record.yaml"
 

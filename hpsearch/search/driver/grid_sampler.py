@@ -4,7 +4,7 @@ Optuna's `GridSampler` takes the product over every parameter the space can draw
 ones included (`sgd_lr` x `adam_lr` x `optimizer`; `mlp_width_0` when `mlp_layers` is 0), so a
 conditional space repeats identical configurations. Optuna's `BruteForceSampler` walks the
 define-by-run tree instead: a parameter is enumerated only where it is drawn, so a grid of
-`search.space.grid_size` trials runs each configuration once (`grid_configs` lists them).
+`search.space.grid_size` trials runs each configuration once.
 """
 
 from __future__ import annotations

@@ -127,8 +127,8 @@ def grid_size(space: SearchSpace) -> int:
     """How many distinct configurations a grid over `space` has: the product of the sampled
     dimensions' values, where a depth counts each of its depths with that many widths (0 hidden
     layers: one configuration, 2: widths squared) and each optimizer only its own parameters.
-    Raises ValueError for a continuous range, as `grid_points` does. Counted, not enumerated
-    (`grid_configs` enumerates them), so a large grid is checked at once."""
+    Raises ValueError for a continuous range, as `grid_points` does. Counted, not enumerated,
+    so a large grid is checked at once (tests/search/test_grid.py enumerates small ones)."""
     grid_points(space)  # names a continuous range
     size = 1
     for dim, domain in _sampled(space):
@@ -149,38 +149,6 @@ def grid_size(space: SearchSpace) -> int:
                 combos *= len(domain.values())
         per_optimizer += combos
     return size * per_optimizer
-
-
-class _Path:
-    """A stand-in for an Optuna trial that answers the define-by-run function's choices from a
-    list of indices (0 past its end) and records how many options each choice had."""
-
-    def __init__(self, picks: list[int]) -> None:
-        self.picks, self.options = picks, []
-
-    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
-        i = len(self.options)
-        self.options.append(len(choices))
-        return choices[self.picks[i] if i < len(self.picks) else 0]
-
-
-def grid_configs(space: SearchSpace) -> Iterator[dict[str, Any]]:
-    """Every distinct configuration of a discrete space once, as trial configs (what the grid's
-    define-by-run function returns): the tree of its choices walked depth first, so conditional
-    parameters appear only where they are drawn (an MLP width only for the layers a depth has,
-    an optimizer's lr only with that optimizer). `grid_size` counts them."""
-    grid_points(space)  # names a continuous range
-    define = build_space(space, grid=True)
-    picks: list[int] = []
-    while True:
-        path = _Path(picks)
-        yield define(path)
-        picks = picks + [0] * (len(path.options) - len(picks))
-        # the next leaf: advance the deepest choice that has an option left, reset those below
-        deepest = max((i for i, n in enumerate(path.options) if picks[i] + 1 < n), default=None)
-        if deepest is None:
-            return
-        picks = picks[:deepest] + [picks[deepest] + 1]
 
 
 def varying_architecture_dims(space: SearchSpace) -> list[str]:
