@@ -51,7 +51,7 @@ check: $(STAMP) lint
 	$(PY) -m pytest -m "not slow" -q
 
 # Every benchmark (bench_replay's headline among them), then bench_replay's full comparison
-# (13 strategies x 2 tables x 1, 4, 16 workers, 50 seeds: about 12 min on 2 cores).
+# (13 strategies x 2 tables x 1, 4, 16 workers, 50 seeds: about 9 min on 2 cores).
 bench: $(STAMP)
 	$(PY) -m benchmarks
 	$(PY) -m benchmarks bench_replay -- --full

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
+from scipy import stats
 
 from hpsearch.search.experiment.dimensions import DIMENSIONS
 from hpsearch.search.experiment.schema import Experiment, load_experiment
@@ -344,16 +345,23 @@ def ratio_interval(
     counts: Sequence[dict[str, Any]], *, resamples: int = 4000, seed: int = 0
 ) -> tuple[float, float]:
     """95 % percentile bootstrap interval of the pooled ratio, resampling seeds (pairs)."""
-    other = np.array([c["other"] for c in counts], dtype=float)
-    base = np.array([c["baseline"] for c in counts], dtype=float)
     if len(counts) < 2:
         r = pooled_ratio(counts)
         return r, r
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(counts), (resamples, len(counts)))
-    ratios = other[idx].sum(axis=1) / base[idx].sum(axis=1)
-    lo, hi = np.percentile(ratios, [2.5, 97.5])
-    return float(lo), float(hi)
+    other = np.array([c["other"] for c in counts], dtype=float)
+    base = np.array([c["baseline"] for c in counts], dtype=float)
+    with warnings.catch_warnings():  # (a sample of identical pairs: "degenerate", still right)
+        warnings.simplefilter("ignore")
+        ci = stats.bootstrap(
+            (other, base),
+            lambda o, b, axis=-1: o.sum(axis=axis) / b.sum(axis=axis),
+            paired=True,
+            vectorized=True,
+            n_resamples=resamples,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def anytime(
