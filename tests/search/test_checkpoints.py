@@ -11,7 +11,7 @@ import pytest
 import torch
 from ray import tune
 
-from hpsearch.search.driver.export import read_results
+from hpsearch.search.driver.export import collect, read_results
 from hpsearch.search.trial import checkpoints
 from hpsearch.search.trial.checkpoints import repair_lost_checkpoints, restore
 from hpsearch.search.trial.report import REPLAYED, replayed
@@ -111,6 +111,19 @@ def test_the_export_keeps_an_epochs_first_report_over_its_replay(tmp_path):
         (2, 9),
         (3, 10),
     ]
+
+
+def test_the_export_survives_a_params_file_the_kill_cut(tmp_path):
+    """A kill while Tune writes a new trial's params.json leaves it empty; the export still
+    builds the tables, and the other trials keep their configs."""
+    for trial_id, params in (("a", '{"lr": 0.1}'), ("b", ""), ("c", '{"lr": 0.')):
+        trial_dir = tmp_path / f"trial_{trial_id}"
+        trial_dir.mkdir()
+        (trial_dir / "params.json").write_text(params)
+        (trial_dir / "result.json").write_text(json.dumps({"epoch": 1, "val_accuracy": 0.5}) + "\n")
+    trials = collect(tmp_path, epochs=2, classes=["x", "y"])["trials"].set_index("trial_id")
+    assert list(trials.index) == ["a", "b", "c"]
+    assert trials.loc["a", "lr"] == 0.1
 
 
 def test_a_checkpoint_the_snapshot_names_but_tune_deleted_is_put_back(tmp_path):

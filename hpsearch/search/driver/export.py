@@ -92,6 +92,16 @@ def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _read_params(trial_dir: Path) -> dict[str, Any]:
+    """The trial's params.json, or {} where it is missing, or empty or cut because the run was
+    killed while Tune wrote it (Tune's own snapshot then has the config)."""
+    try:
+        params = json.loads((trial_dir / PARAMS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return params if isinstance(params, dict) else {}
+
+
 def _error_text(trial_dir: Path) -> str:
     path = trial_dir / ERROR_FILE
     if not path.exists():
@@ -113,9 +123,7 @@ def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str
     for trial_id in sorted(ids):
         trial_dir = dirs.get(trial_id)
         results = read_results(trial_dir) if trial_dir else []
-        config = {}
-        if trial_dir and (trial_dir / PARAMS_FILE).exists():
-            config = json.loads((trial_dir / PARAMS_FILE).read_text())
+        config = _read_params(trial_dir) if trial_dir else {}
         config = config or tune_state.get(trial_id, {}).get("config", {})
         tune_status = tune_state.get(trial_id, {}).get("status")
         last = results[-1] if results else {}
