@@ -7,6 +7,13 @@ scipy, matplotlib, Optuna for the study): never Ray or torch.
 """
 
 from hpsearch.analysis._common import MissingDataError, top_trials
+from hpsearch.analysis.audit import (
+    audit_table,
+    confident_learning,
+    format_audit,
+    out_of_sample,
+    plot_audit_images,
+)
 from hpsearch.analysis.compare import (
     group_trials,
     plot_architecture_comparison,
@@ -52,13 +59,16 @@ __all__ = [
     "Recommendation",
     "ReportResult",
     "Run",
+    "audit_table",
     "best_so_far",
     "box_stats",
     "compare_configs",
     "config_costs",
+    "confident_learning",
     "confused_pairs",
     "confusion_matrix",
     "corrected_ttest",
+    "format_audit",
     "format_kfold_summary",
     "format_recommendation",
     "format_report_result",
@@ -67,8 +77,10 @@ __all__ = [
     "latest_run",
     "load_run",
     "mean_interval",
+    "out_of_sample",
     "merge_suggestions",
     "param_importances",
+    "plot_audit_images",
     "plot_accuracy_curves",
     "plot_architecture_comparison",
     "plot_confusion_matrix",

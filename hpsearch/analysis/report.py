@@ -17,6 +17,14 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from hpsearch.analysis._common import MissingDataError, pretty, require
+from hpsearch.analysis.audit import (
+    CONFLICT,
+    DUPLICATE,
+    LABEL,
+    LEAK,
+    LOOKALIKE,
+    plot_audit_images,
+)
 from hpsearch.analysis.compare import (
     group_trials,
     plot_architecture_comparison,
@@ -61,7 +69,9 @@ ANSWER_CAPTION = (
     "tell the config from the best. The recommendation is the one-standard-error rule: the "
     "fewest MACs among the configs whose mean lies within one standard error of the best's."
 )
-TABLE_FILES = ("top_trials.csv", "top_trials.html", "kfold_summary.csv", "confused_pairs.csv")
+TABLE_FILES = (
+    "top_trials.csv", "top_trials.html", "kfold_summary.csv", "confused_pairs.csv", "audit.csv"
+)  # fmt: skip
 
 
 @dataclass
@@ -152,6 +162,9 @@ def _sections(run: Run, *, window: int) -> list[_Section]:
     def kfold() -> Figure:
         return plot_kfold(run.folds)
 
+    def audit(issue: str) -> Figure:
+        return plot_audit_images(run.audit, run.audit_thumbnails(), issue=issue)
+
     def batchnorm() -> Figure:
         return plot_architecture_comparison(
             steps,
@@ -199,8 +212,24 @@ def _sections(run: Run, *, window: int) -> list[_Section]:
         ("kfold", "K-fold error estimates", kfold,
          "Scores over the folds per config; median and IQR above each box, whiskers at "
          "1.5 IQR."),
+        ("audit_labels", "Audit: likely wrong labels", lambda: audit(LABEL),
+         "The images whose given class the k-fold models, which never trained on them, find "
+         "least likely (confident learning): given class -> suggested class, and the score "
+         "(1 - the probability of the given class). Surest first."),
+        ("audit_copies", "Audit: near-duplicates", lambda: audit(CONFLICT),
+         "Near-copies (perceptual hash and thumbnail correlation) filed under another class, "
+         "left; the image each copies, right."),
+        ("audit_leaks", "Audit: near-duplicates across the parts", lambda: audit(LEAK),
+         "Near-copies in another part than the image they copy (train, validation, test): "
+         "a test image with a copy in the training part flatters the test score."),
+        ("audit_duplicates", "Audit: near-duplicates in the same class and part",
+         lambda: audit(DUPLICATE),
+         "Repeated images: they weigh twice in training and in the scores."),
     ]  # fmt: skip
-    return [_Section(slug, title, caption, draw) for slug, title, draw, caption in table]
+    sections = [_Section(slug, title, caption, draw) for slug, title, draw, caption in table]
+    if run.audit is None:  # one line among the skipped plots says how to get them
+        sections = [s for s in sections if not s.slug.startswith("audit_")]
+    return sections
 
 
 def _confusion_id(run: Run) -> str | None:
@@ -257,6 +286,8 @@ def write_report(
         (out_dir / stale).unlink(missing_ok=True)  # from an earlier report
 
     body: list[str] = [_answer_section(run, top, result)]
+    if run.audit is None:
+        result.skipped["Audit"] = f"no audit.parquet: run `hpsearch audit {run.path}` after kfold"
     if run.best_trial_id is not None:
         table = _top_table(run, top)
         csv, page = out_dir / "top_trials.csv", out_dir / "top_trials.html"
@@ -273,6 +304,9 @@ def write_report(
         result.skipped["Top trials"] = f"no trial has a {run.metric} yet"
 
     for s in sections:
+        if s.slug == "audit_labels" and run.audit is not None:
+            body.append(f"<section id='audit'><h2>Audit</h2>{_audit_tables(run, out_dir, result)}")
+            body.append("</section>")
         try:
             fig = s.draw()
         except MissingDataError as e:
@@ -376,6 +410,30 @@ def _extra_tables(run: Run, slug: str, out_dir: Path, result: ReportResult) -> s
         result.tables["kfold_summary.csv"] = out_dir / "kfold_summary.csv"
         return "<h3>Summary per config, split and metric</h3>" + _table_html(summary)
     return ""
+
+
+def _audit_tables(run: Run, out_dir: Path, result: ReportResult) -> str:
+    """Under the audit's pictures: the counts, the look-alike classes and the suggestion files."""
+    audit = run.audit
+    counts = audit["issue"].value_counts()
+    text = (
+        "<p>"
+        + html.escape(", ".join(f"{int(n)} {issue}" for issue, n in counts.items()))
+        + f" (all in <code>{html.escape(str(run.path / 'audit.parquet'))}</code>)</p>"
+    )
+    looks = audit[audit["issue"] == LOOKALIKE][["given", "suggested", "score"]]
+    if looks.empty:
+        text += "<p>No pair of classes is confused both ways at 10% or more.</p>"
+    else:
+        looks = looks.set_axis(["class_a", "class_b", "smaller rate"], axis=1)
+        flags = " ".join(f"--merge {a}={b}" for a, b in looks[["class_a", "class_b"]].values)
+        text += "<h3>Look-alike classes (confused both ways)</h3>" + _table_html(looks)
+        text += f"<p>To merge them: <code>hpsearch prepare PHOTOS {html.escape(flags)}</code></p>"
+    top = audit[audit["issue"] != LOOKALIKE].head(20)
+    shown = ["path", "issue", "score", "given", "suggested", "part", "duplicate_of"]
+    _write_csv(audit, out_dir / "audit.csv")
+    result.tables["audit.csv"] = out_dir / "audit.csv"
+    return text + "<h3>The surest findings</h3>" + _table_html(top[shown])  # fmt: skip
 
 
 def _page(run: Run, body: list[str], result: ReportResult) -> str:

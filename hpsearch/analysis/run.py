@@ -10,14 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from hpsearch.analysis._common import import_optuna, top_trials
 from hpsearch.rundir import (
+    AUDIT_DIR,
+    AUDIT_FILE,
+    AUDIT_THUMBNAILS,
     EXPERIMENT_FILE,
     FOLDS_FILE,
     METRICS,
     OPTUNA_DB,
+    PREDICTIONS_FILE,
     TRIALS_FILE,
     TUNE_STATE_GLOB,
     best_column,
@@ -38,7 +43,8 @@ OPTIONAL_TABLES = ("epochs", "steps", "confusion")
 @dataclass(repr=False)
 class Run:
     """A run directory read into memory. `epochs`, `steps` and `confusion` are empty frames
-    when their file is absent; `folds` is None until `hpsearch kfold` has written it."""
+    when their file is absent; `folds` is None until `hpsearch kfold` has written it, `audit`
+    until `hpsearch audit` has. `predictions()` reads k-fold's out-of-sample probabilities."""
 
     path: Path
     experiment: dict[str, Any]
@@ -47,6 +53,7 @@ class Run:
     steps: pd.DataFrame
     confusion: pd.DataFrame
     folds: pd.DataFrame | None = None
+    audit: pd.DataFrame | None = None  # audit.parquet, after `hpsearch audit`
     missing: list[str] = field(default_factory=list)  # table files that were not there
 
     @property
@@ -94,6 +101,20 @@ class Run:
                 f"{db} holds no study named {self.name!r}; studies there: {', '.join(names)}"
             )
         return optuna.load_study(study_name=name, storage=storage)
+
+    def predictions(self) -> pd.DataFrame | None:
+        """predictions.parquet (k-fold's out-of-sample class probabilities), or None."""
+        path = self.path / PREDICTIONS_FILE
+        return pd.read_parquet(path) if path.is_file() else None
+
+    def audit_thumbnails(self) -> dict[str, np.ndarray]:
+        """The thumbnails `hpsearch audit` kept of its surest findings: path -> uint8
+        [H, W, 3]; empty without them."""
+        path = self.path / AUDIT_DIR / AUDIT_THUMBNAILS
+        if not path.is_file():
+            return {}
+        with np.load(path) as npz:
+            return dict(zip(npz["paths"].tolist(), npz["images"], strict=True))
 
     def __repr__(self) -> str:
         counts = self.trials["status"].value_counts() if "status" in self.trials else {}
@@ -156,13 +177,14 @@ def load_run(path: str | Path) -> Run:
         else:
             missing.append(file.name)
             tables[name] = empty_frame(name)
-    folds_file = path / FOLDS_FILE
+    folds_file, audit_file = path / FOLDS_FILE, path / AUDIT_FILE
     folds = pd.read_parquet(folds_file) if folds_file.is_file() else None
     return Run(
         path=path,
         experiment=experiment,
         trials=pd.read_parquet(path / TRIALS_FILE),
         folds=folds,
+        audit=pd.read_parquet(audit_file) if audit_file.is_file() else None,
         missing=missing,
         **tables,
     )

@@ -9,8 +9,9 @@ files, so a changed folder or size gets a new one) holds:
     decoded.parquet   every listed file: path, row in images.npy (-1: not decodable),
                       reason, detail; written last by the decode, it marks it complete
     labels.npy        int64 [N]      }  written by `prepare` for the chosen merge map,
-    manifest.parquet  the manifest   }  split and folds; cheap to rewrite, no decode
-    meta.json         classes, size, mean/std, counts, skipped files; written last
+    manifest.parquet  the manifest   }  edits (exclude, relabel), split and folds;
+                                        cheap to rewrite, no decode
+    meta.json         classes, size, mean/std, counts, skipped files, edits; written last
 
 The decode runs in shards of `SHARD_SIZE` files over a process pool. Each worker writes
 its decoded shard straight into building/images.npy, one row per listed file, at the
@@ -408,8 +409,8 @@ class Cache:
 
     path: Path
     images: np.ndarray  # uint8 [N, 3, S, S]
-    labels: np.ndarray  # int64 [N]
-    split: np.ndarray  # str [N]: "train" / "val" / "test"
+    labels: np.ndarray  # int64 [N]; -1 for an excluded image (data_pipeline.edits)
+    split: np.ndarray  # str [N]: "train" / "val" / "test"; "" for an excluded image
     fold: np.ndarray  # int64 [N]: 0..K-1 (train and val rows), -1 for test rows or no folds
     meta: dict
     classes: list[str]
@@ -442,9 +443,10 @@ class Cache:
         return "val_fraction" in self.meta.get("split", {})
 
     def indices(self, split: str) -> np.ndarray:
-        """Row indices of "train", "val", "test" or "all" images."""
+        """Row indices of "train", "val", "test" or "all" images (those of the three parts:
+        not the excluded ones, which stay decoded in `images`)."""
         if split == "all":
-            return np.arange(len(self.labels))
+            return np.flatnonzero(self.split != "")
         if split not in ("train", "val", "test"):
             raise ValueError(f"split {split!r}: use 'train', 'val', 'test' or 'all'")
         if not self.has_validation_part:
@@ -466,6 +468,13 @@ class Cache:
         if not 0 <= k < self.num_folds:
             raise ValueError(f"fold {k} out of range: the cache has folds 0..{self.num_folds - 1}")
         return np.flatnonzero((self.fold >= 0) & (self.fold != k)), np.flatnonzero(self.fold == k)
+
+
+def cache_paths(cache: Cache) -> np.ndarray:
+    """The image file of each row of `cache.images`, as the manifest names it (relative to
+    the image folder), object [N]."""
+    manifest = pd.read_parquet(cache.path / MANIFEST, columns=["path", "row"])
+    return manifest[manifest["row"] >= 0].sort_values("row")["path"].to_numpy(dtype=object)
 
 
 def load_cache(path: str | os.PathLike, *, mmap: bool = True) -> Cache:

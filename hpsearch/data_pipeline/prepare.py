@@ -1,10 +1,11 @@
 """`prepare`: scan, merge, split and decode an image folder into a cache, and summarise it.
 
 Everything that can be rejected without decoding (the options, the class folders, the
-merge map, too few images per class) is checked before the decode starts. A rerun with
-the same files and size decodes nothing; changing only the merge map, the split or the
-folds rewrites the small files next to the arrays (labels, manifest, meta) and decodes
-nothing either.
+merge map, the exclude and relabel files, too few images per class) is checked before the
+decode starts. A rerun with the same files and size decodes nothing; changing only the merge
+map, the exclude or relabel files, the split or the folds rewrites the small files next to
+the arrays (labels, manifest, meta) and decodes nothing either: an excluded image stays
+decoded, in no part.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from hpsearch.data_pipeline.cache import (
     load_cache,
     mean_std,
 )
+from hpsearch.data_pipeline.edits import DataEdits, apply_edits, read_edits, relabel_moves
 from hpsearch.data_pipeline.housekeeping import build_lock_path, mark_in_use
 from hpsearch.data_pipeline.scan import (
     OK,
@@ -45,6 +47,7 @@ from hpsearch.data_pipeline.scan import (
     slug,
 )
 from hpsearch.data_pipeline.split import (
+    PARTS,
     TEST,
     TRAIN,
     VAL,
@@ -88,6 +91,8 @@ class PrepareSummary:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     seconds: float
+    edits: DataEdits = field(default_factory=DataEdits)  # the exclude and relabel files
+    relabel_moves: dict[str, int] = field(default_factory=dict)  # "old -> new": files
 
     @property
     def reused(self) -> bool:
@@ -129,14 +134,19 @@ def prepare(
     val_fraction: float = 0.1,
     folds: int = 0,
     merge: Mapping[str, Sequence[str]] | None = None,
+    exclude: str | os.PathLike | None = None,
+    relabel: str | os.PathLike | None = None,
     workers: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[Cache, PrepareSummary]:
-    """Scan `src`, merge classes, split, decode once into a cache; return it and a summary.
+    """Scan `src`, merge classes, apply the exclude and relabel files, split, decode once into a
+    cache; return it and a summary.
 
-    Raises DatasetError (a ValueError whose message says what to change) for unusable
-    folders or options.
+    `exclude` / `relabel` are CSV or Parquet files of paths (and new classes) in `src`
+    (`data_pipeline.edits`). Raises DatasetError (a ValueError whose message says what to
+    change) for unusable folders, files or options; an EditsError (a DatasetError) names the
+    exclude or relabel file.
     """
     started = time.perf_counter()
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
@@ -150,8 +160,9 @@ def prepare(
 
     listing = scan(src)
     root = listing.attrs["root"]
+    edits = read_edits(root, exclude=exclude, relabel=relabel)
     # Fail before decoding on what the listing already shows (the decode can only remove files).
-    listed, _ = assign_labels(listing, merge)
+    listed, _ = apply_edits(*assign_labels(listing, merge), edits)
     check_class_sizes(
         listed.loc[listed["status"] == OK, "class_name"].value_counts(),
         test_fraction=test_fraction,
@@ -172,11 +183,13 @@ def prepare(
             root, listing, cache_dir, image_size=image_size, workers=workers, progress=progress
         )
 
-        manifest, classes = assign_labels(_apply_decode(listing, decoded), merge)
+        manifest, classes = apply_edits(
+            *assign_labels(_apply_decode(listing, decoded), merge), edits
+        )
         split_options = dict(
             test_fraction=test_fraction, val_fraction=val_fraction, folds=folds, seed=seed
         )
-        stored = _stored_split(cache_dir, manifest, digest, classes, merge, split_options)
+        stored = _stored_split(cache_dir, manifest, digest, classes, merge, split_options, edits)
         if stored is not None:
             manifest = stored
         else:
@@ -184,7 +197,10 @@ def prepare(
                 manifest, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed
             )
             manifest = assign_folds(manifest, folds=folds, seed=seed)
+        # Every decoded image has a row (label -1 and split "" when excluded); the figures count
+        # the parts only.
         in_cache = manifest[manifest["row"] >= 0].sort_values("row")
+        in_parts = in_cache[in_cache["split"].isin(PARTS)]
         labels = in_cache["label"].to_numpy(dtype=np.int64)
         train_rows = in_cache.loc[in_cache["split"] == TRAIN, "row"].to_numpy()
         mean, std = mean_std(np.load(cache_dir / PIXEL_SUMS), train_rows, image_size)
@@ -197,6 +213,7 @@ def prepare(
             image_size=image_size,
             classes=classes,
             merge=merge,
+            edits=edits.to_meta(),
             split=split_options,
             mean=list(mean),
             std=list(std),
@@ -207,8 +224,10 @@ def prepare(
                 val=int((in_cache["split"] == VAL).sum()),
                 test=int((in_cache["split"] == TEST).sum()),
                 skipped=len(skipped),
+                excluded=len(edits.exclude),
+                relabelled=len(edits.relabel),
                 per_class={
-                    c: int(n) for c, n in in_cache["class_name"].value_counts().sort_index().items()
+                    c: int(n) for c, n in in_parts["class_name"].value_counts().sort_index().items()
                 },
             ),
             skipped=skipped[["path", "reason", "detail"]].to_dict(orient="records"),
@@ -236,6 +255,8 @@ def prepare(
         mean=mean,
         std=std,
         seconds=time.perf_counter() - started,
+        edits=edits,
+        relabel_moves=relabel_moves(manifest, edits),
     )
     return cache, summary
 
@@ -269,9 +290,11 @@ def _stored_split(
     classes: list[str],
     merge: dict[str, list[str]],
     split_options: dict,
+    edits: DataEdits,
 ) -> pd.DataFrame | None:
     """`manifest` with the split and folds the cache already stores, when they were made from
-    the same files, classes and options (the split is a function of those alone), else None.
+    the same files, classes, edits and options (the split is a function of those alone), else
+    None.
     Spares every `hpsearch run` on a prepared cache the split, and scikit-learn's import."""
     meta = _read_json(cache_dir / META)
     if not (
@@ -279,6 +302,7 @@ def _stored_split(
         and meta.get("classes") == classes
         and meta.get("merge") == merge
         and meta.get("split") == split_options
+        and edits.same_data(meta.get("edits"))
         and (cache_dir / MANIFEST).exists()
     ):
         return None
@@ -333,6 +357,27 @@ def _size(n_bytes: float) -> str:
     raise AssertionError
 
 
+def _files(n: int) -> str:
+    return "file" if n == 1 else "files"
+
+
+def format_edits(summary: PrepareSummary) -> list[str]:
+    """The lines on the exclude and relabel files of a `prepare` (none without them)."""
+    edits, moved = summary.edits, summary.relabel_moves
+    lines = []
+    if edits.exclude_file is not None:
+        n = len(edits.exclude)
+        lines.append(f"excluded {n} {_files(n)} (listed in {edits.exclude_file}): in no part")
+    if edits.relabel_file is not None:
+        n = len(edits.relabel)
+        moves = ", ".join(f"{pair} ({k})" for pair, k in list(moved.items())[:5])
+        lines.append(
+            f"relabelled {n} {_files(n)} (listed in {edits.relabel_file})"
+            + (f": {moves}{', ...' if len(moved) > 5 else ''}" if moves else "")
+        )
+    return lines
+
+
 def format_summary(summary: PrepareSummary) -> str:
     """A human-readable report of a `prepare` call, for the CLI."""
     s = summary
@@ -351,6 +396,7 @@ def format_summary(summary: PrepareSummary) -> str:
     ]
     for new, olds in s.merge.items():
         lines.append(f"  merged   {', '.join(olds)} -> {new}")
+    lines += [f"  {line}" for line in format_edits(s)]
     lines.append("  images per class:")
     width = max(len(c) for c in s.classes)
     lines += [f"    {c:<{width}}  {s.per_class.get(c, 0):>7}" for c in s.classes]

@@ -10,7 +10,8 @@ name starts with "." are skipped (".DS_Store", "._x.jpg" AppleDouble files, a
 ".ipynb_checkpoints" folder that ImageFolder would take for a class).
 
 Manifest columns: path (relative, "/"-separated), folder (first-level folder), bytes,
-mtime_ns, status ("ok" | "skipped"), reason, detail. Rows are sorted by path, so the
+mtime_ns, status ("ok" | "skipped"; `prepare` adds "excluded" for the files an exclude
+file names, see `data_pipeline.edits`), reason, detail. Rows are sorted by path, so the
 manifest never depends on the order the filesystem lists entries in.
 """
 
@@ -29,6 +30,7 @@ from hpsearch.data_pipeline.decode import DECODE_VERSION, REASON_EMPTY
 
 OK = "ok"
 SKIPPED = "skipped"
+EXCLUDED = "excluded"  # named in an exclude file (data_pipeline.edits): decoded, in no part
 
 REASON_HIDDEN = "hidden file"
 REASON_HIDDEN_FOLDER = "hidden folder, not scanned"

@@ -25,6 +25,7 @@ TUNER_FILE = "tuner.pkl"
 PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.txt"
+PREDICTIONS_NPZ = "predictions.npz"  # a k-fold trial's out-of-sample class probabilities
 
 TABLES = (
     "trials",
@@ -36,6 +37,8 @@ TABLES = (
     "final",
     "final_classes",
     "final_confusion",
+    "predictions",
+    "audit",
 )
 TRIALS_FILE = "trials.parquet"
 # The trials table's config columns that the report shows, in its order: one per search
@@ -53,6 +56,13 @@ COMPARISON_FILE = "comparison.parquet"
 FINAL_FILE = "final.parquet"  # `hpsearch final`: one row per use of the held-out test part
 FINAL_CLASSES_FILE = "final_classes.parquet"
 FINAL_CONFUSION_FILE = "final_confusion.parquet"
+PREDICTIONS_FILE = "predictions.parquet"  # `hpsearch kfold`: out-of-sample class probabilities
+AUDIT_FILE = "audit.parquet"  # `hpsearch audit`: one row per finding
+AUDIT_DIR = "audit"  # `hpsearch audit`'s suggestion files and thumbnails:
+AUDIT_EXCLUDE = "exclude.csv"  # in AUDIT_DIR: path (the near-copies to leave out)
+AUDIT_RELABEL = "relabel.csv"  # in AUDIT_DIR: path, class (the likely wrong labels)
+AUDIT_LOOKALIKES = "lookalikes.csv"  # in AUDIT_DIR: class_a, class_b, score, merge
+AUDIT_THUMBNAILS = "thumbnails.npz"  # in AUDIT_DIR: paths [M], images uint8 [M, H, W, 3]
 FINAL_DIR = "final"  # the final model's weights: final/model-<evaluation>.pt
 
 
@@ -114,6 +124,8 @@ TABLE_SOURCES = {
     "final": "final.parquet, written by `hpsearch final RUN_DIR`",
     "final_classes": "final_classes.parquet, written by `hpsearch final RUN_DIR`",
     "final_confusion": "final_confusion.parquet, written by `hpsearch final RUN_DIR`",
+    "predictions": "predictions.parquet, written by `hpsearch kfold RUN_DIR`",
+    "audit": "audit.parquet, written by `hpsearch audit RUN_DIR`",
 }
 
 # The metrics a search can optimise, and the per-epoch columns of epochs.parquet.
@@ -128,6 +140,7 @@ METRIC_COLUMNS = (
 )
 
 _STR, _INT, _FLOAT = "str", "int64", "float64"  # "str": the text dtype of this pandas
+_LIST = "object"  # a list per row (Parquet's list type)
 # Each table's fixed columns (present even when the table is empty), with their dtypes.
 TABLE_DTYPES: dict[str, dict[str, str]] = {
     "trials": {"trial_id": _STR, "status": _STR, "error": _STR},
@@ -210,6 +223,32 @@ TABLE_DTYPES: dict[str, dict[str, str]] = {
         "true_class": _STR,
         "pred_class": _STR,
         "count": _INT,
+    },
+    # `hpsearch kfold`: each image's out-of-sample class probabilities from a k-fold model of
+    # each compared config: the images of its held-out fold, and the test part (predicted by
+    # every fold's model; never used for selection). `probs` is in the classes' order.
+    "predictions": {
+        "config_id": _STR,
+        "fold": _INT,
+        "path": _STR,
+        "part": _STR,
+        "label": _INT,
+        "class_name": _STR,
+        "probs": _LIST,
+    },
+    # `hpsearch audit`: one row per finding. issue: label (a likely wrong label), duplicate
+    # (a near-copy in the same class and part), leak (a near-copy in another part), conflict
+    # (a near-copy filed under another class), lookalike (a pair of classes confused both ways:
+    # given and suggested are the two classes, path is empty). score: higher is surer.
+    "audit": {
+        "path": _STR,
+        "issue": _STR,
+        "score": _FLOAT,
+        "given": _STR,
+        "suggested": _STR,
+        "duplicate_of": _STR,
+        "part": _STR,
+        "duplicate_part": _STR,
     },
 }
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {t: tuple(d) for t, d in TABLE_DTYPES.items()}

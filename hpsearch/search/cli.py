@@ -59,6 +59,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction,
             folds=args.folds,
             merge=_parse_merge(args.merge),
+            exclude=args.exclude,
+            relabel=args.relabel,
             workers=args.workers,
             seed=args.seed,
         )
@@ -174,7 +176,12 @@ def _run_search(exp, args: argparse.Namespace, *, report: bool = False) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    return _run_search(_load(args.file, args.set, args.data, args.storage), args)
+    edits = [  # after --set: the flags win; JSON: the path stays a string in YAML
+        f"data.{key}={json.dumps(value)}"
+        for key, value in (("exclude", args.exclude), ("relabel", args.relabel))
+        if value is not None
+    ]
+    return _run_search(_load(args.file, [*args.set, *edits], args.data, args.storage), args)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -288,6 +295,35 @@ def _cmd_kfold(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
+    from hpsearch.analysis.audit import format_audit
+    from hpsearch.search.console.printer import is_quiet
+    from hpsearch.search.driver.audit import run_audit
+
+    result = run_audit(
+        args.run_dir,
+        config_id=args.config,
+        lookalike_threshold=args.lookalike_threshold,
+        progress=not is_quiet(),
+    )
+    print(format_audit(result.audit, top=args.top))
+    seconds = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    print(
+        f"\n{len(result.audit)} findings in {result.run_dir}/audit.parquet: the out-of-sample "
+        f"probabilities of config {result.config_id} for {result.images} images ({seconds})"
+    )
+    if result.commands:
+        print(
+            f"review {result.relabel} (the suggested class of each likely wrong label) and "
+            f"{result.exclude} (the near-copies to leave out): delete the lines you disagree "
+            "with, then prepare and search again with them:"
+        )
+        for command in result.commands:
+            print(f"  {command}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
     from hpsearch.analysis import format_report_result, write_report
@@ -354,6 +390,26 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="override a field of the file; repeatable",
     )
     _add_console_options(p)
+
+
+def _add_edit_options(p: argparse.ArgumentParser, *, overrides: bool) -> None:
+    """--exclude / --relabel of `prepare` and `run` (data_pipeline.edits)."""
+    p.add_argument(
+        "--exclude",
+        default=None,
+        metavar="FILE",
+        help="CSV or Parquet file of images to leave out of every part: column path, "
+        "relative to the image folder (e.g. the exclude.csv of `hpsearch audit`)"
+        + ("; overrides data.exclude" if overrides else ""),
+    )
+    p.add_argument(
+        "--relabel",
+        default=None,
+        metavar="FILE",
+        help="CSV or Parquet file of images to give another class: columns path and class "
+        "(e.g. the relabel.csv of `hpsearch audit`)"
+        + ("; overrides data.relabel" if overrides else ""),
+    )
 
 
 def _add_console_options(p: argparse.ArgumentParser) -> None:
@@ -439,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="decoding processes (default: all cores)"
     )
     pr.add_argument("--seed", type=int, default=0, help="seed of the split and the folds")
+    _add_edit_options(pr, overrides=False)
     pr.set_defaults(func=_cmd_prepare)
 
     v = sub.add_parser("validate", help="check an experiment file; exit 2 naming each bad field")
@@ -467,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the search an experiment file describes")
     r.add_argument("file", help="experiment YAML or packaged name, e.g. experiments/demo.yaml")
     r.add_argument("--data", default=None, help="image folder (overrides data.folder)")
+    _add_edit_options(r, overrides=True)
     _add_run_options(r)
     r.set_defaults(func=_cmd_run)
 
@@ -499,6 +557,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_console_options(kf)
     kf.set_defaults(func=_cmd_kfold)
+
+    au = sub.add_parser(
+        "audit",
+        help="after kfold: likely wrong labels, near-duplicates, look-alike classes (audit.parquet)",
+    )
+    au.add_argument("run_dir")
+    au.add_argument(
+        "--config",
+        default=None,
+        metavar="ID",
+        help="whose k-fold predictions to audit with (default: the comparison's best config)",
+    )
+    au.add_argument(
+        "--lookalike-threshold",
+        type=float,
+        default=0.1,
+        metavar="RATE",
+        help="look-alike classes: confused at least this often in both directions (default 0.1)",
+    )
+    au.add_argument("--top", type=int, default=5, help="findings of each kind to print (default 5)")
+    _add_console_options(au)
+    au.set_defaults(func=_cmd_audit)
 
     ca = sub.add_parser(
         "cache", help="decoded caches: list them, or clean the old ones (never one in use)"

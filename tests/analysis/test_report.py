@@ -57,7 +57,9 @@ def test_index_is_self_contained_and_lists_skips(full_report):
         "Stride variants compared",
         "Kernel-size variants compared",
         "Regularization compared",
+        "Audit",  # until `hpsearch audit` has run: one line, saying so
     }
+    assert "hpsearch audit" in full_report.skipped["Audit"]
     assert "no preset ran with different strides" in page
 
 
@@ -176,3 +178,38 @@ def test_report_without_folds_says_how_to_get_the_answer(make_run_dir):
     page = result.index_html.read_text()
     section = page[page.index("<section id='answer'>") : page.index("<h2 id='top'>")]
     assert f"run `hpsearch kfold {run}`" in section
+
+
+def test_the_audit_section_shows_its_findings_with_thumbnails(make_run_dir, tmp_path):
+    import numpy as np
+
+    from hpsearch.analysis.audit import audit_table
+
+    run = make_run_dir()
+    audit = audit_table(
+        pd.DataFrame(
+            [
+                {"path": "a/1.png", "issue": "label", "score": 0.9, "given": "a",
+                 "suggested": "b", "part": "train"},
+                {"path": "b/2.png", "issue": "leak", "score": 0.99, "given": "b",
+                 "suggested": "b", "duplicate_of": "b/3.png", "part": "test",
+                 "duplicate_part": "train"},
+                {"issue": "lookalike", "score": 0.2, "given": "Celebrities",
+                 "suggested": "People", "merge": "Celebrities=People"},
+            ]
+        )
+    )  # fmt: skip
+    audit.drop(columns="merge").to_parquet(run / "audit.parquet")
+    (run / "audit").mkdir()
+    paths = ["a/1.png", "b/2.png", "b/3.png"]
+    np.savez(run / "audit" / "thumbnails.npz", paths=np.array(paths),
+             images=np.zeros((3, 8, 8, 3), np.uint8))  # fmt: skip
+    result = write_report(run, out=tmp_path / "report", window=10)
+    assert {"Audit: likely wrong labels", "Audit: near-duplicates across the parts"} <= set(
+        result.plots
+    )
+    assert "Audit: near-duplicates" in result.skipped  # no conflicting copies: says so
+    page = result.index_html.read_text()
+    assert "<h2>Audit</h2>" in page and "--merge Celebrities=People" in page
+    assert page.index("<h2>Audit</h2>") < page.index("Audit: likely wrong labels</h2>")
+    assert pd.read_csv(result.tables["audit.csv"])["path"].tolist()[:2] == paths[:2]

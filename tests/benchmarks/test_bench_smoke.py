@@ -85,3 +85,11 @@ def test_bench_replay_smoke(bench, capsys) -> None:
     out = run_smoke(bench, "bench_replay", capsys, "--processes", "1")
     last = out.strip().splitlines()[-1]
     assert "ratio" in last and "95 % CI" in last and "random search" in last
+
+
+def test_bench_audit_smoke(bench, capsys) -> None:
+    """Digits at both sizes, a tiny memmap timed with recall and memory, and the baseline's
+    line (measured, or saying imagehash is not installed)."""
+    out = run_smoke(bench, "bench_audit", capsys)
+    for line in ("machine", "digits   16 px", "digits   32 px", "hashing", "recall", "baseline"):
+        assert line in out

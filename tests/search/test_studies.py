@@ -183,6 +183,40 @@ def test_kfold_after_a_search_and_resumable(
     assert set(folds["arch"]) == {"FlatAlexNet", "NarrowAlexNet"}
     trials = json.loads((run_dir / "kfold" / "kfold.json").read_text())
     assert trials["k"] == 3 and len(trials["configs"]) == 2
+    # each image's out-of-sample probabilities: train + validation from the model that held its
+    # fold out, once per config; the test part from every fold's model
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    manifest = next(
+        m
+        for m in map(
+            pd.read_parquet, cache_root.glob(f"{small_folder.name}-16px-*/manifest.parquet")
+        )
+        if set(preds["path"]) <= set(m["path"])
+    )
+    manifest = manifest[manifest["row"] >= 0]
+    parts = manifest.set_index("path")["split"].map({"train": "train", "val": "validation"})
+    for _, own in preds.groupby("config_id"):
+        held = own[own["part"] != "test"]
+        assert held["path"].is_unique and set(held["path"]) == set(parts.dropna().index)
+        assert (held["part"] == parts[held["path"]].to_numpy()).all()
+        assert (held["fold"] == manifest.set_index("path")["fold"][held["path"]].to_numpy()).all()
+        test = own[own["part"] == "test"]
+        assert test.groupby("path")["fold"].apply(sorted).map(lambda f: f == [0, 1, 2]).all()
+        assert set(test["path"]) == set(manifest.loc[manifest["split"] == "test", "path"])
+    probs = np.stack(preds["probs"].to_numpy())
+    assert probs.shape[1] == manifest["class_name"].nunique() and np.allclose(
+        probs.sum(1), 1, atol=1e-4
+    )
+    # the audit reads them, and the cache: a table, the suggestion files, the commands
+    assert main(["audit", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    audit = pd.read_parquet(run_dir / "audit.parquet")
+    assert list(audit.columns) == [
+        "path", "issue", "score", "given", "suggested", "duplicate_of", "part", "duplicate_part"
+    ]  # fmt: skip
+    assert f"findings in {run_dir}/audit.parquet" in out
+    assert pd.read_csv(run_dir / "audit" / "relabel.csv").columns.tolist() == ["path", "class"]
+    assert pd.read_csv(run_dir / "audit" / "exclude.csv").columns.tolist() == ["path"]
 
     # again: the finished k-fold run is kept, not re-trained
     before = folds.sort_values(["config_id", "fold", "split"]).reset_index(drop=True)
@@ -222,6 +256,7 @@ def test_kfold_after_a_search_and_resumable(
     html = (run_dir / "report" / "index.html").read_text()
     first = html.index("Which CNN to train")
     assert first < html.index("Top ") and "used 2 times" in html
+    assert "<h2>Audit</h2>" in html
     assert main(["final", str(run_dir), "--trial", "nope"]) == 2
     assert "no such trial" in capsys.readouterr().err
 

@@ -15,10 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from ray import tune
 
 from hpsearch.analysis.stats import compare_configs, config_costs
+from hpsearch.data_pipeline.cache import cache_paths
 from hpsearch.rundir import (
     COMPARISON_FILE,
     EPOCHS_FILE,
@@ -26,11 +28,14 @@ from hpsearch.rundir import (
     KFOLD_DIR,
     KFOLD_SPEC,
     PARAMS_FILE,
+    PREDICTIONS_FILE,
+    PREDICTIONS_NPZ,
     TABLE_COLUMNS,
     TRIAL_PREFIX,
     TRIALS_FILE,
     TUNER_FILE,
     coerce,
+    empty_frame,
     rank_trials,
     write_json,
     write_parquet,
@@ -50,7 +55,7 @@ from hpsearch.search.trial.inputs import (
     TrialData,
     TrialSettings,
     for_cluster,
-    load_data,
+    load_cache_and_data,
 )
 from hpsearch.search.trial.same_init import fold_init_file, fold_init_files
 from hpsearch.search.trial.trainable import train_trial
@@ -132,6 +137,47 @@ def collect_folds(
     return df.sort_values(["config_id", "fold", "split"], ignore_index=True)
 
 
+PARTS = {"train": "train", "val": "validation", "test": "test"}  # the cache's -> the tables'
+
+
+def collect_predictions(kfold_dir: Path, folds: pd.DataFrame, cache) -> pd.DataFrame:
+    """The predictions table: the out-of-sample class probabilities that each finished fold
+    trial (those in `folds`) kept of its held-out fold and of the test part, one row per image
+    and trial, named by the cache's manifest."""
+    paths = cache_paths(cache)
+    parts = np.array([PARTS.get(p, p) for p in cache.split], dtype=object)
+    frames = []
+    trials = folds.drop_duplicates("trial_id")
+    for trial_id, config_id, fold in trials[["trial_id", "config_id", "fold"]].itertuples(
+        index=False
+    ):
+        try:
+            with np.load(kfold_dir / f"{TRIAL_PREFIX}{trial_id}" / PREDICTIONS_NPZ) as npz:
+                rows, probs = npz["rows"], npz["probs"]
+        except (OSError, ValueError, KeyError):
+            continue  # a k-fold run from before predictions were kept, or a cut file
+        if len(rows) and (rows.max() >= len(paths) or probs.shape[1] != len(cache.classes)):
+            continue  # predictions of another cache (the data changed since)
+        labels = cache.labels[rows]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "config_id": config_id,
+                    "fold": int(fold),
+                    "path": paths[rows],
+                    "part": parts[rows],
+                    "label": labels,
+                    "class_name": np.asarray(cache.classes, dtype=object)[labels],
+                    "probs": list(probs.astype(np.float32)),
+                }
+            )
+        )
+    if not frames:
+        return empty_frame("predictions")
+    out = coerce(pd.concat(frames, ignore_index=True), "predictions")
+    return out.sort_values(["config_id", "fold", "path"], ignore_index=True)
+
+
 def _fold_spec(
     kfold_dir: Path, *, k: int, epochs: int, trial_ids: list[str] | None
 ) -> dict[str, Any] | None:
@@ -194,7 +240,7 @@ def run_kfold(
         spec["configs"] if spec else select_configs(run_dir, exp, top=top, trial_ids=trial_ids)
     )
     settings = TrialSettings.from_experiment(exp, epochs=epochs)
-    data = load_data(exp, folds=k, progress=progress)
+    cache, data = load_cache_and_data(exp, folds=k, progress=progress)
     init_files = fold_init_files(exp, data, settings, kfold_dir, k)
     if store.remote is not None and init_files:
         # Trials on other nodes read their start weights from storage, not the driver's disk.
@@ -223,7 +269,9 @@ def run_kfold(
     folds = collect_folds(kfold_dir, epochs=epochs, configs=configs)
     write_parquet(folds, run_dir / FOLDS_FILE)
     write_comparison(run_dir, folds)
-    store.upload([FOLDS_FILE, COMPARISON_FILE])
+    predictions = collect_predictions(kfold_dir, folds, cache)
+    write_parquet(predictions, run_dir / PREDICTIONS_FILE)
+    store.upload([FOLDS_FILE, COMPARISON_FILE, PREDICTIONS_FILE])
     interrupted = interrupted or len(folds) < 2 * k * len(configs)
     return folds, interrupted
 

@@ -65,6 +65,20 @@ class DataSection(_Strict):
         default_factory=dict,
         description="classes to merge, new name: [old names], e.g. {People: [Celebrities]}",
     )
+    # Applied before the split, after the merge; neither decodes anything again (the cache is
+    # the folder's). Kept as given, like `folder`: resume, kfold and final read them again.
+    exclude: str | None = Field(
+        None,
+        description="CSV or Parquet file of images to leave out of every part (column path, "
+        "relative to the image folder), e.g. the exclude.csv `hpsearch audit` writes; "
+        "relative to the working directory; --exclude overrides it",
+    )
+    relabel: str | None = Field(
+        None,
+        description="CSV or Parquet file of images to give another class before the split "
+        "(columns path and class), e.g. the relabel.csv `hpsearch audit` writes; relative "
+        "to the working directory; --relabel overrides it",
+    )
     seed: int = Field(0, description="seed of the split and the folds")
     workers: int | None = Field(None, ge=1, description="decoding processes (default: all cores)")
 

@@ -37,6 +37,7 @@ from hpsearch.rundir import (
     EXPERIMENT_FILE,
     FINAL_DIR,
     PARAMS_FILE,
+    PREDICTIONS_NPZ,
     REPORT_DIR,
     RESULT_FILE,
     TRIAL_PREFIX,
@@ -52,7 +53,8 @@ ROOT_ENV = "HPSEARCH_RUNS_CACHE"  # where working copies go (default ~/.cache/hp
 # mtime]; a file is fetched again when either side changed since.
 MANIFEST = ".remote-manifest.json"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-_TRIAL_FILES = {RESULT_FILE, PARAMS_FILE, ERROR_FILE}  # what the export reads of a trial
+# what the export (and k-fold's predictions table) reads of a trial
+_TRIAL_FILES = {RESULT_FILE, PARAMS_FILE, ERROR_FILE, PREDICTIONS_NPZ}
 
 
 def is_uri(location: str | os.PathLike[str]) -> bool:

@@ -56,6 +56,28 @@ def report_with_checkpoint(
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+def write_trial_file(name: str, data: bytes) -> bool:
+    """Write `data` as the file `name` in the running trial's folder, where its result file
+    is (in the run's storage, local or s3://): written whole, then renamed, where the storage
+    can rename. False (nothing written) outside a Tune trial, e.g. a trial function called
+    in-process."""
+    found = _trial_folder(None)
+    if found is None:
+        return False
+    fs, folder = found
+    path = f"{folder}/{name}"
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(folder, recursive=True)
+        part = f"{path}.part"
+        with fs.open_output_stream(part) as f:
+            f.write(data)
+        fs.move(part, path)
+    else:  # an object store: an object appears whole or not at all
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+    return True
+
+
 def _trial_folder(fallback) -> tuple[Any, str] | None:
     """(pyarrow filesystem, path) of the folder this trial's checkpoints persist to."""
     try:  # Ray's storage context of the running trial: the one place that knows the folder

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpsearch.data_pipeline import DatasetError, prepare
+from hpsearch.data_pipeline.edits import EditsError
+from hpsearch.data_pipeline.prepare import format_edits
 from hpsearch.search.errors import ExperimentError
 from hpsearch.search.trial.images import ImageSource, start_image_server
 
@@ -36,6 +38,9 @@ class TrialData:
     mean: tuple[float, ...]  # per channel, of the training rows, in [0, 1] units
     std: tuple[float, ...]
     init_state: dict[str, Any] | None = None  # train.same_init's start weights
+    # The held-out test part: in no fold; k-fold trials predict it (`hpsearch audit`), and
+    # nothing is selected on it.
+    test_idx: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def images(self) -> np.ndarray:
@@ -107,8 +112,15 @@ def load_data(exp: Experiment, *, folds: int | None = None, progress: bool = Tru
     Trials train on the train part and validate on the validation part; the held-out test part
     is in neither (nor in any fold)."""
 
+    return load_cache_and_data(exp, folds=folds, progress=progress)[1]
+
+
+def load_cache_and_data(exp: Experiment, *, folds: int | None = None, progress: bool = True):
+    """(the prepared cache, `load_data`'s TrialData): for a driver that also needs the
+    manifest (which file each row is)."""
     cache = _prepared_cache(exp, folds=folds, progress=progress)
-    return _trial_data(cache, cache.indices("train"), cache.indices("val"))
+    data = _trial_data(cache, cache.indices("train"), cache.indices("val"))
+    return cache, dataclasses.replace(data, test_idx=cache.indices("test"))
 
 
 def load_final_data(exp: Experiment, *, progress: bool = True) -> TrialData:
@@ -132,7 +144,7 @@ def _prepared_cache(exp: Experiment, *, folds: int | None, progress: bool):
             f"data.folder: {data.folder!r} is not a folder (one sub-folder per class)"
         )
     try:
-        cache, _summary = prepare(
+        cache, summary = prepare(
             data.folder,
             image_size=data.image_size,
             cache_root=data.cache,
@@ -140,12 +152,22 @@ def _prepared_cache(exp: Experiment, *, folds: int | None, progress: bool):
             val_fraction=data.val_fraction,
             folds=data.folds if folds is None else folds,
             merge=data.merge or None,
+            exclude=data.exclude,
+            relabel=data.relabel,
             workers=data.workers,
             seed=data.seed,
             progress=progress,
         )
+    except EditsError as e:
+        raise ExperimentError(f"data.{e.option}: {e}") from None
     except DatasetError as e:
         raise ExperimentError(f"data.folder: {e}") from None
+    edits = format_edits(summary)
+    if edits and progress:  # what the run, k-fold or final evaluation sees, on its console
+        print(
+            f"data: {summary.train} train / {summary.val} validation / {summary.test} test "
+            f"images of {summary.source}; " + "; ".join(edits)
+        )
     return cache
 
 

@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import math
 import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import ray
 from ray import tune
 
 from hpsearch import models
 from hpsearch.models import InfeasibleArchitecture
+from hpsearch.rundir import PREDICTIONS_NPZ
 from hpsearch.search.experiment.dimensions import encode_layers
 from hpsearch.search.experiment.space import model_config
-from hpsearch.search.trial.checkpoints import report_with_checkpoint, restore
+from hpsearch.search.trial.checkpoints import report_with_checkpoint, restore, write_trial_file
 from hpsearch.search.trial.device import (
     limit_memory,
     memory_share,
@@ -168,9 +171,10 @@ def confusion_metrics(confusion) -> tuple[float, float]:
     return float(acc), float(prec)
 
 
-def _evaluate(model, batches, num_classes: int, autocast) -> dict[str, Any]:
+def _evaluate(model, batches, num_classes: int, autocast, *, probs: bool = False) -> dict[str, Any]:
     """Loss, accuracy, macro precision and confusion matrix of `model` on `batches`: everything
-    accumulates on the device, and is read back once at the end."""
+    accumulates on the device, and is read back once at the end. With `probs`, also each
+    image's class probabilities (softmax), float32 [n, C] in the batches' order."""
     # lazy: torch takes ~2.5 s to import; only building or training a model needs it
     import torch
     import torch.nn.functional as F
@@ -179,6 +183,7 @@ def _evaluate(model, batches, num_classes: int, autocast) -> dict[str, Any]:
     confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), device=device)
     n = 0
+    kept = []
     model.eval()
     with torch.inference_mode():
         for x, y in batches:
@@ -188,13 +193,20 @@ def _evaluate(model, batches, num_classes: int, autocast) -> dict[str, Any]:
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             n += y.numel()
             confusion_update(confusion, logits, y)
+            if probs:
+                kept.append(torch.softmax(logits, dim=1))
     accuracy, macro_precision = confusion_metrics(confusion)
-    return {
+    out = {
         "loss": loss_sum.item() / max(n, 1),
         "accuracy": accuracy,
         "macro_precision": macro_precision,
         "confusion": confusion.cpu().tolist(),
     }
+    if probs:
+        out["probs"] = (
+            torch.cat(kept).cpu().numpy() if kept else np.zeros((0, num_classes), np.float32)
+        )
+    return out
 
 
 class Trainer:
@@ -284,14 +296,10 @@ class Trainer:
         self.eval_train_batches = self.train_batches.with_options(
             batch_size=settings.eval_batch_size, shuffle=False, augment=False
         )
-        self.val_batches = Batches(
-            data.images,
-            data.labels,
-            indices=val_idx,
-            batch_size=settings.eval_batch_size,
-            shuffle=False,
-            **common,
-        )
+        self.val_idx, self.test_idx = np.asarray(val_idx), np.asarray(data.test_idx)
+        self._eval_data = (data.images, data.labels)
+        self._eval_options = dict(batch_size=settings.eval_batch_size, shuffle=False, **common)
+        self.val_batches = Batches(*self._eval_data, indices=val_idx, **self._eval_options)
         self._confusion = torch.zeros(
             (self.num_classes, self.num_classes), dtype=torch.int64, device=self.device
         )
@@ -305,6 +313,7 @@ class Trainer:
             "train_batches",
             "eval_train_batches",
             "val_batches",
+            "_eval_data",
             "_confusion",
             "_penalised",
         ):
@@ -365,8 +374,31 @@ class Trainer:
             n_images += y.numel()
         return losses, n_images
 
-    def evaluate(self, batches) -> dict[str, Any]:
-        return _evaluate(self.model, batches, self.num_classes, self._autocast)
+    def evaluate(self, batches, *, probs: bool = False) -> dict[str, Any]:
+        return _evaluate(self.model, batches, self.num_classes, self._autocast, probs=probs)
+
+    def batches(self, indices):
+        """Evaluation batches of other rows of the data (unshuffled, in `indices`' order),
+        streamed rather than kept on the device: one pass reads them."""
+        # lazy: torch takes ~2.5 s to import; only building or training a model needs it
+        from hpsearch.data_pipeline import Batches
+
+        return Batches(
+            *self._eval_data, indices=indices, **{**self._eval_options, "resident": False}
+        )
+
+
+def write_predictions(trainer: Trainer, held_out_probs) -> None:
+    """A k-fold trial's out-of-sample predictions, into its folder (PREDICTIONS_NPZ): the class
+    probabilities of its held-out fold's images and of the test part's (`hpsearch audit` reads
+    them; nothing is selected on the test part)."""
+    rows, probs = [trainer.val_idx], [held_out_probs]
+    if len(trainer.test_idx):
+        rows.append(trainer.test_idx)
+        probs.append(trainer.evaluate(trainer.batches(trainer.test_idx), probs=True)["probs"])
+    buf = io.BytesIO()
+    np.savez(buf, rows=np.concatenate(rows).astype(np.int64), probs=np.concatenate(probs))
+    write_trial_file(PREDICTIONS_NPZ, buf.getvalue())
 
 
 def l1_norm(params):
@@ -508,7 +540,8 @@ def _train(
             tune.report(result)
             return
         t0 = time.perf_counter()
-        val = trainer.evaluate(trainer.val_batches)
+        last_of_fold = config.get("fold") is not None and epoch + 1 == epochs
+        val = trainer.evaluate(trainer.val_batches, probs=last_of_fold)
         result.update(
             {
                 "status": RUNNING,
@@ -521,6 +554,7 @@ def _train(
         if config.get("fold") is not None and epoch + 1 == epochs:
             train_eval = trainer.evaluate(trainer.eval_train_batches)
             result.update({f"train_eval_{k}": v for k, v in train_eval.items() if k != "confusion"})
+            write_predictions(trainer, val.pop("probs"))
         result["seconds"] += time.perf_counter() - t0
         reports.append(result)
         report_with_checkpoint(result, trainer.model, trainer.optimizer, epoch, reports)
