@@ -289,6 +289,9 @@ def _cmd_kfold(args: argparse.Namespace) -> int:
     if len(folds) and not is_quiet():
         print(format_kfold_summary(kfold_summary(folds)))
         _print_answer(args.run_dir)
+        print(
+            f"\nlikely wrong labels, near-duplicates, look-alike classes: hpsearch audit {args.run_dir}"
+        )
     if interrupted:
         print("the k-fold run did not finish; run the same command again to continue it")
         return 130
