@@ -501,6 +501,11 @@ def test_a_search_on_s3_survives_sigkill_and_resumes_from_s3(
         folds = s3.parquet("runs/killed/folds.parquet")
         assert len(folds) == 2 * 2 and set(folds["fold"]) == {0, 1}
         assert any(k.startswith("runs/killed/kfold/trial_") for k in s3.keys("runs/killed/kfold/"))
+        # its out-of-sample predictions too, which the audit reads from S3 and answers into it
+        preds = s3.parquet("runs/killed/predictions.parquet")
+        assert len(preds) and set(preds["fold"]) == {0, 1}
+        assert main(["audit", run_uri]) == 0
+        assert {"runs/killed/audit.parquet", "runs/killed/audit/exclude.csv"} <= set(s3.keys())
 
         # final and report read the run from S3 and upload what they write
         assert main(["final", run_uri]) == 0
