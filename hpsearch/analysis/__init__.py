@@ -30,6 +30,7 @@ from hpsearch.analysis.confusion import (
 )
 from hpsearch.analysis.curves import plot_accuracy_curves, plot_loss_curves, rolling_loss
 from hpsearch.analysis.kfold import box_stats, format_kfold_summary, kfold_summary, plot_kfold
+from hpsearch.analysis.pareto import front_table, pareto_front, plot_pareto
 from hpsearch.analysis.progress import (
     best_so_far,
     param_importances,
@@ -72,6 +73,7 @@ __all__ = [
     "format_kfold_summary",
     "format_recommendation",
     "format_report_result",
+    "front_table",
     "group_trials",
     "kfold_summary",
     "latest_run",
@@ -80,6 +82,7 @@ __all__ = [
     "out_of_sample",
     "merge_suggestions",
     "param_importances",
+    "pareto_front",
     "plot_audit_images",
     "plot_accuracy_curves",
     "plot_architecture_comparison",
@@ -89,6 +92,7 @@ __all__ = [
     "plot_loss_curves",
     "plot_optimizer_comparison",
     "plot_param_importances",
+    "plot_pareto",
     "plot_regularization_comparison",
     "plot_search_progress",
     "read_final",

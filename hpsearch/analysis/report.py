@@ -35,6 +35,7 @@ from hpsearch.analysis.compare import (
 from hpsearch.analysis.confusion import confused_pairs, merge_suggestions, plot_confusion_matrix
 from hpsearch.analysis.curves import plot_accuracy_curves, plot_loss_curves
 from hpsearch.analysis.kfold import kfold_summary, plot_kfold
+from hpsearch.analysis.pareto import front_table, plot_pareto
 from hpsearch.analysis.progress import (
     param_importances,
     plot_param_importances,
@@ -44,6 +45,8 @@ from hpsearch.analysis.run import Run, load_run
 from hpsearch.analysis.stats import (
     Answer,
     Recommendation,
+    compare_configs,
+    config_costs,
     cost_text,
     final_text,
     interval_text,
@@ -70,7 +73,8 @@ ANSWER_CAPTION = (
     "fewest MACs among the configs whose mean lies within one standard error of the best's."
 )
 TABLE_FILES = (
-    "top_trials.csv", "top_trials.html", "kfold_summary.csv", "confused_pairs.csv", "audit.csv"
+    "top_trials.csv", "top_trials.html", "kfold_summary.csv", "confused_pairs.csv", "audit.csv",
+    "pareto_front.csv",
 )  # fmt: skip
 
 
@@ -106,6 +110,9 @@ def _sections(run: Run, *, window: int) -> list[_Section]:
 
     def progress() -> Figure:
         return plot_search_progress(trials, epochs, metric=metric, mode=mode)
+
+    def pareto() -> Figure:
+        return plot_pareto(trials, _comparison(run), metric=metric, mode=mode)
 
     def importances() -> Figure:
         try:
@@ -181,6 +188,12 @@ def _sections(run: Run, *, window: int) -> list[_Section]:
         ("search_progress", "Search progress", progress,
          f"Best {pretty(metric)} so far ({mode}) by trial number and wall-clock time; "
          "dots are single trials (their best epoch)."),
+        ("pareto", "Accuracy against cost", pareto,
+         f"Each trial's best {pretty(metric)} against its MACs per image (left) and its "
+         "parameters (right), log scale. The step line is the Pareto front: no other trial is "
+         "as cheap and as good; read it at your deployment budget (\"the best CNN under "
+         "300 M MACs\"). After `hpsearch kfold`, red diamonds: each compared config's mean "
+         "held-out score and its 95 % t interval, at its trial's cost."),
         ("param_importances", "Parameter importances", importances,
          "How much each searched parameter explains the objective (Optuna, fANOVA)."),
         ("architectures", "Architectures compared", architectures,
@@ -230,6 +243,16 @@ def _sections(run: Run, *, window: int) -> list[_Section]:
     if run.audit is None:  # one line among the skipped plots says how to get them
         sections = [s for s in sections if not s.slug.startswith("audit_")]
     return sections
+
+
+def _comparison(run: Run) -> pd.DataFrame | None:
+    """The k-fold comparison (as comparison.parquet holds it), or None before `kfold`."""
+    if run.folds is None:
+        return None
+    try:
+        return compare_configs(run.folds, costs=config_costs(run.trials, run.epochs))
+    except MissingDataError:
+        return None
 
 
 def _confusion_id(run: Run) -> str | None:
@@ -404,6 +427,14 @@ def _extra_tables(run: Run, slug: str, out_dir: Path, result: ReportResult) -> s
             + _table_html(merges)
             + f"<p>To merge them: <code>hpsearch prepare PHOTOS {html.escape(flags)}</code></p>"
         )  # fmt: skip
+    if slug == "pareto":
+        front = front_table(run.trials, metric=run.metric, mode=run.mode)
+        _write_csv(front, out_dir / "pareto_front.csv")
+        result.tables["pareto_front.csv"] = out_dir / "pareto_front.csv"
+        return (
+            "<h3>The trials on the front (pareto: by MACs, pareto_params: by parameters), "
+            "cheapest first</h3>" + _table_html(front)
+        )
     if slug == "kfold":
         summary = kfold_summary(run.folds)
         _write_csv(summary, out_dir / "kfold_summary.csv")

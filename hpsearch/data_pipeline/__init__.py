@@ -4,6 +4,8 @@
 `load_cache(path)` reopens a cache; `Batches` iterates normalised mini-batches of it.
 Importing this package touches no disk and no GPU, and imports no torch: `Batches` and
 `crop_flip` (torch) are loaded on first use, so `hpsearch prepare` starts without it.
+`data_pipeline.predict` (`hpsearch predict`: an exported model in onnxruntime, decoded as
+`prepare` decodes) is imported on its own, and never imports torch either.
 """
 
 from __future__ import annotations

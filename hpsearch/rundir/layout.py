@@ -140,6 +140,7 @@ METRIC_COLUMNS = (
 )
 
 _STR, _INT, _FLOAT = "str", "int64", "float64"  # "str": the text dtype of this pandas
+_BOOL = "bool"
 _LIST = "object"  # a list per row (Parquet's list type)
 # Each table's fixed columns (present even when the table is empty), with their dtypes.
 TABLE_DTYPES: dict[str, dict[str, str]] = {
@@ -262,9 +263,16 @@ OPTIONAL_DTYPES: dict[str, dict[str, str]] = {
         "seconds": _FLOAT,
         "start_timestamp": _INT,
         "end_timestamp": _INT,
+        # On the Pareto front of best_<search.metric> against MACs per image (`pareto`) and
+        # against parameters (`pareto_params`): no other trial is as cheap and as good and
+        # better in one (identical trials are both on it); False without a value or a cost.
+        "pareto": _BOOL,
+        "pareto_params": _BOOL,
     },
     "epochs": {"time_total_s": _FLOAT, "timestamp": _INT},
 }
+# The trials table's Pareto columns, by the cost they are against (`models.cost`'s names).
+PARETO_COLUMNS = {"macs": "pareto", "params": "pareto_params"}
 
 
 def empty_frame(table: str) -> pd.DataFrame:
@@ -289,7 +297,11 @@ def coerce(df: pd.DataFrame, table: str) -> pd.DataFrame:
     dtypes = {**OPTIONAL_DTYPES.get(table, {}), **TABLE_DTYPES[table]}
     out = df.copy()
     for col, dtype in dtypes.items():
-        if dtype != _STR and col in out:
+        if col not in out or dtype == _STR:
+            continue
+        if dtype == _BOOL:  # a flag: missing reads False
+            out[col] = out[col].astype(object).where(out[col].notna(), False).astype(bool)
+        else:
             out[col] = _numeric(out[col], dtype)
     return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -267,6 +268,52 @@ def _cmd_final(args: argparse.Namespace) -> int:
     result = run_final(args.run_dir, trial_id=args.trial, epochs=args.epochs, cpu=args.cpu)
     print(format_final(result))
     _print_answer(args.run_dir)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
+    from hpsearch.search.driver.model_export import ExportFailed, export_model, format_export
+
+    try:
+        result = export_model(args.run_dir, args.out, trial_id=args.trial, force=args.force)
+    except ExportFailed as e:
+        print(f"hpsearch export: {e}", file=sys.stderr)
+        return 1
+    print(format_export(result))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    # lazy: a verb imports what it runs (--help, validate, prepare: no Ray, torch, pandas)
+    from hpsearch.data_pipeline.predict import (
+        ModelFolderError,
+        check_output,
+        format_skipped,
+        predict,
+        write_predictions,
+    )
+
+    try:
+        if args.out is not None:
+            check_output(args.out)  # before the work, not after it
+        result = predict(args.model_dir, args.paths, top_k=args.top_k, batch_size=args.batch_size)
+    except ModelFolderError as e:
+        raise UsageError(str(e)) from e
+    if len(result.skipped):
+        print(format_skipped(result.skipped), file=sys.stderr)
+    if result.table.empty:
+        print("hpsearch predict: no image could be read: nothing predicted", file=sys.stderr)
+        return 1
+    if args.out is None:
+        try:
+            result.table.to_csv(sys.stdout, index=False)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `hpsearch predict ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    else:
+        path = write_predictions(result.table, args.out)
+        print(f"{len(result.table)} predictions in {path}", file=sys.stderr)
     return 0
 
 
@@ -628,6 +675,56 @@ def build_parser() -> argparse.ArgumentParser:
         "run's device; a GPU that CUDA cannot use here is an error)",
     )
     fi.set_defaults(func=_cmd_final)
+
+    ex = sub.add_parser(
+        "export",
+        help="the final model (or a trial's) as ONNX and torch.export files with a model card",
+    )
+    ex.add_argument("run_dir")
+    ex.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder to write model.onnx, model.pt2 and model.json to",
+    )
+    ex.add_argument(
+        "--trial",
+        default=None,
+        metavar="ID",
+        help="export this trial's newest checkpoint (default: the latest final evaluation's "
+        "model, else the best trial's checkpoint)",
+    )
+    ex.add_argument(
+        "--force",
+        action="store_true",
+        help="write into --out although it is not empty (replacing the model files)",
+    )
+    ex.set_defaults(func=_cmd_export)
+
+    pe = sub.add_parser(
+        "predict", help="classify image files and folders with an exported model (onnxruntime)"
+    )
+    pe.add_argument("model_dir", help="folder written by `hpsearch export`")
+    pe.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files and folders (searched recursively)"
+    )
+    pe.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write the predictions to FILE.parquet or FILE.csv (default: CSV on stdout)",
+    )
+    pe.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        metavar="K",
+        help="the K most probable classes per image (default 3)",
+    )
+    pe.add_argument(
+        "--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)"
+    )
+    pe.set_defaults(func=_cmd_predict)
 
     rp = sub.add_parser(
         "report", help="write RUN_DIR/report/: every plot the run supports, index.html"

@@ -9,6 +9,7 @@ from hpsearch.analysis import format_report_result, write_report
 
 EVERY_PLOT = {
     "search_progress.png",
+    "pareto.png",
     "param_importances.png",
     "architectures.png",
     "architectures_loss_std.png",
@@ -41,6 +42,7 @@ def test_report_writes_every_supported_plot(full_report):
         "top_trials.html",
         "confused_pairs.csv",
         "kfold_summary.csv",
+        "pareto_front.csv",
     }
     top = pd.read_csv(result.tables["top_trials.csv"])
     assert top["trial_id"].tolist() == ["t1", "t2", "t0", "t4", "t3"]  # best first, no NaN
@@ -61,6 +63,17 @@ def test_index_is_self_contained_and_lists_skips(full_report):
     }
     assert "hpsearch audit" in full_report.skipped["Audit"]
     assert "no preset ran with different strides" in page
+
+
+def test_the_report_shows_accuracy_against_cost_and_names_the_front(full_report):
+    page = full_report.index_html.read_text()
+    start = page.index("<section id='pareto'><h2>Accuracy against cost</h2>")
+    section = page[start : page.index("</section>", start)]
+    assert "src='data:image/png;base64," in section and "Pareto front" in section
+    assert "<h3>The trials on the front" in section and ">t3<" in section
+    front = pd.read_csv(full_report.tables["pareto_front.csv"])
+    assert front["trial_id"].tolist() == ["t3", "t2", "t0", "t1"]  # cheapest first
+    assert page.index("<section id='search_progress'>") < start
 
 
 def test_report_skips_what_the_run_cannot_support(make_run_dir):

@@ -157,3 +157,27 @@ def test_an_empty_run_gives_empty_tables_with_columns(tmp_path):
     tables = collect(tmp_path, epochs=3, classes=[])
     assert tables["trials"].empty and "status" in tables["trials"].columns
     assert "loss" in tables["steps"].columns
+
+
+def test_the_trials_table_marks_the_pareto_fronts_by_the_runs_metric(tmp_path):
+    """`pareto`: on the front of best_<metric> against MACs, `pareto_params`: against
+    parameters; an over-budget trial (its cost reported, no epoch) is on neither."""
+    run = tmp_path / "run"
+    trial(run, "a", {"arch": "A"}, [epoch(1, 0.5, [1.0], macs=100, params=50)])
+    trial(run, "b", {"arch": "B"}, [epoch(1, 0.7, [1.0], macs=300, params=40)])
+    trial(run, "c", {"arch": "C"}, [epoch(1, 0.6, [1.0], macs=400, params=10)])
+    over = {"epoch": 0, "status": "infeasible", "val_accuracy": 0.0, "macs": 9, "params": 1}
+    trial(run, "d", {"arch": "D"}, [{**over, "reason": "over budget: 9 MACs > ..."}])
+    state(run, dict.fromkeys("abcd", "TERMINATED"))
+    trials = collect(run, epochs=1, classes=["x", "y"])["trials"].set_index("trial_id")
+    assert trials["pareto"].to_dict() == {"a": True, "b": True, "c": False, "d": False}
+    assert trials["pareto_params"].to_dict() == {"a": False, "b": True, "c": True, "d": False}
+    assert trials.loc["d", "macs"] == 9 and trials.loc["d", "status"] == "infeasible"
+    # by the run's metric and mode: val_loss (1 / epoch: the same for all) is lowest for all
+    by_loss = collect(run, epochs=1, classes=["x", "y"], metric="val_loss", mode="min")
+    assert by_loss["trials"].set_index("trial_id")["pareto"].to_dict() == {
+        "a": True, "b": False, "c": False, "d": False,
+    }  # fmt: skip
+    export_run(run, epochs=1, classes=["x", "y"])
+    written = pd.read_parquet(run / "trials.parquet")
+    assert written["pareto"].dtype == bool and written["pareto"].sum() == 2

@@ -96,6 +96,10 @@ BAD = [
     pytest.param("train.same_init", 1, id="number for a section"),
     pytest.param("name", "my run", id="a name that is no folder name"),
     pytest.param("resources.gpus", 2, id="more than one GPU per trial"),
+    pytest.param("search.budget", {}, id="a budget without a limit"),
+    pytest.param("search.budget.flops", "1G", id="unknown key in the budget"),
+    pytest.param("search.budget.macs", 0, id="a budget of 0"),
+    pytest.param("search.budget.macs", "300X", id="an unknown suffix"),
 ]
 
 
@@ -151,6 +155,13 @@ def test_a_dimension_out_of_its_bounds_is_rejected_in_every_form(validator, dim)
         assert _errors(validator, doc), value
         with pytest.raises(ValidationError):
             Experiment.model_validate(doc)
+
+
+@pytest.mark.parametrize("value", [300_000_000, 3.0e8, "300e6", "300M", "1.5 G", "750k"])
+def test_every_form_of_a_budget_count_is_accepted(validator, value):
+    doc = _set(_demo(), "search.budget", {"macs": value, "params": "5M"})
+    assert _errors(validator, doc) == []
+    Experiment.model_validate(doc)
 
 
 @pytest.mark.parametrize("value", ["adam", ["sgd", "rmsprop"], {"adam": None}])

@@ -165,6 +165,58 @@ def test_diverging_and_infeasible_trials_end_while_others_finish(
     assert (trials.loc[trials.status == "infeasible", "epochs"] == 0).all()
 
 
+def test_over_budget_configurations_end_at_once_and_teach_tpe_the_worst_score(
+    ray_session, tmp_path, small_folder, cache_root, capsys, experiment
+):
+    """search.budget.macs 1M over three presets at 16 px: AlexNet (2.6 M MACs) and FlatAlexNet
+    (1.2 M) end as infeasible without training, NarrowAlexNet (0.7 M) trains; the front is it."""
+    path = experiment(
+        tmp_path,
+        small_folder,
+        cache_root,
+        **{
+            "search.algorithm": "grid",
+            "search.budget": {"macs": "1M"},
+            "search.space": {
+                "arch": ["AlexNet", "FlatAlexNet", "NarrowAlexNet"],
+                "width": 0.25,
+                "mlp_layers": 0,
+                "optimizer": {"sgd": {"lr": 0.05}},
+            },
+            "train.epochs": 1,
+        },
+    )
+    assert main(["run", str(path), "--name", "budget"]) == 0, capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "budget"
+    trials = pd.read_parquet(run_dir / "trials.parquet").set_index("arch")
+    assert trials["status"].to_dict() == {
+        "AlexNet": "infeasible", "FlatAlexNet": "infeasible", "NarrowAlexNet": "completed",
+    }  # fmt: skip
+    over = trials.loc[["AlexNet", "FlatAlexNet"]]
+    assert over["error"].tolist() == [
+        "over budget: 2.59 M MACs > search.budget.macs 1 M",
+        "over budget: 1.18 M MACs > search.budget.macs 1 M",
+    ]
+    assert (over["macs"] > 1_000_000).all() and (over["epochs"] == 0).all()
+    assert trials.loc["NarrowAlexNet", "macs"] <= 1_000_000
+    # nothing trained: no step, epoch or checkpoint of theirs
+    ids = set(over["trial_id"])
+    for table in ("steps", "epochs"):
+        assert not ids & set(pd.read_parquet(run_dir / f"{table}.parquet")["trial_id"])
+    assert not [p for t in ids for p in run_dir.glob(f"trial_{t}/checkpoint_*")]
+    assert trials["pareto"].to_dict() == {
+        "AlexNet": False, "FlatAlexNet": False, "NarrowAlexNet": True,
+    }  # fmt: skip
+    # Optuna saw the worst score with the reason, as for an infeasible architecture
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    told = {t.params["arch"]: t for t in study.trials}
+    for arch in ("AlexNet", "FlatAlexNet"):
+        assert told[arch].state == optuna.trial.TrialState.COMPLETE and told[arch].value == 0.0
+        assert told[arch].user_attrs["status"] == "infeasible"
+        assert told[arch].user_attrs["error"].startswith("over budget:")
+    assert told["NarrowAlexNet"].value > 0
+
+
 def test_resume_rejects_a_folder_that_is_no_run(tmp_path, capsys):
     assert main(["resume", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err

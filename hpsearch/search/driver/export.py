@@ -17,10 +17,12 @@ from typing import Any
 
 import pandas as pd
 
+from hpsearch.analysis.pareto import pareto_front
 from hpsearch.rundir import (
     ERROR_FILE,
     METRIC_COLUMNS,
     PARAMS_FILE,
+    PARETO_COLUMNS,
     RESULT_FILE,
     TRIAL_PREFIX,
     TUNE_STATE_GLOB,
@@ -110,9 +112,17 @@ def _error_text(trial_dir: Path) -> str:
     return lines[-1].strip() if lines else "error"
 
 
-def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str, pd.DataFrame]:
+def collect(
+    run_dir: str | Path,
+    *,
+    epochs: int,
+    classes: list[str],
+    metric: str = "val_accuracy",
+    mode: str | None = None,
+) -> dict[str, pd.DataFrame]:
     """Build the four tables from a run directory. `epochs` is the experiment's budget per
-    trial (to tell completed from early-stopped trials), `classes` the label names."""
+    trial (to tell completed from early-stopped trials), `classes` the label names; `metric`
+    and `mode` (the search's) choose the Pareto fronts the trials table marks."""
     run_dir = Path(run_dir)
     tune_state = tune_statuses(run_dir)
     trial_rows, epoch_rows, step_rows, confusion_rows = [], [], [], []
@@ -200,18 +210,29 @@ def collect(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str
     def frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
         return coerce(pd.DataFrame(rows), table) if rows else empty_frame(table)
 
+    trials = frame(trial_rows, "trials")
+    if trial_rows:  # the best value against each cost: which trials no other beats on both
+        for cost, column in PARETO_COLUMNS.items():
+            trials[column] = pareto_front(trials, metric=metric, mode=mode, cost=cost)
     return {
-        "trials": frame(trial_rows, "trials"),
+        "trials": trials,
         "epochs": frame(epoch_rows, "epochs"),
         "steps": frame(step_rows, "steps"),
         "confusion": frame(confusion_rows, "confusion"),
     }
 
 
-def export_run(run_dir: str | Path, *, epochs: int, classes: list[str]) -> dict[str, pd.DataFrame]:
+def export_run(
+    run_dir: str | Path,
+    *,
+    epochs: int,
+    classes: list[str],
+    metric: str = "val_accuracy",
+    mode: str | None = None,
+) -> dict[str, pd.DataFrame]:
     """Write trials/epochs/steps/confusion .parquet into the run directory; return the tables."""
     run_dir = Path(run_dir)
-    tables = collect(run_dir, epochs=epochs, classes=classes)
+    tables = collect(run_dir, epochs=epochs, classes=classes, metric=metric, mode=mode)
     for name, df in tables.items():
         write_parquet(df, run_dir / table_file(name))
     return tables

@@ -239,7 +239,9 @@ def run_kfold(
     configs = (
         spec["configs"] if spec else select_configs(run_dir, exp, top=top, trial_ids=trial_ids)
     )
-    settings = TrialSettings.from_experiment(exp, epochs=epochs)
+    # No search.budget here: the search's best trials are within it, and a trial named with
+    # --trials is re-trained as asked.
+    settings = TrialSettings.from_experiment(exp, epochs=epochs, budget=None)
     cache, data = load_cache_and_data(exp, folds=k, progress=progress)
     init_files = fold_init_files(exp, data, settings, kfold_dir, k)
     if store.remote is not None and init_files:

@@ -94,7 +94,13 @@ def fit_and_export(tuner, exp: Experiment, store: RunStore, data: TrialData):
     except KeyboardInterrupt:
         interrupted = True
     store.download(results_only=True)  # the export reads the trials' results from the copy
-    tables = export_run(store.path, epochs=exp.train.epochs, classes=list(data.classes))
+    tables = export_run(
+        store.path,
+        epochs=exp.train.epochs,
+        classes=list(data.classes),
+        metric=exp.search.metric,
+        mode=exp.search.mode,
+    )
     store.upload([*(table_file(t) for t in tables), OPTUNA_DB])
     if interrupted or (tables["trials"]["status"].isin(["incomplete", "pending"]).any()):
         interrupted = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import TYPE_CHECKING
 
@@ -9,7 +10,8 @@ from hpsearch.models import BackboneConfig, is_backbone, missing_weights, size_w
 from hpsearch.search.driver.gpus import check_local_gpu
 from hpsearch.search.driver.session import check_storage
 from hpsearch.search.errors import ExperimentError
-from hpsearch.search.experiment.space import check_space, grid_size
+from hpsearch.search.experiment.budget import format_count
+from hpsearch.search.experiment.space import BudgetFit, check_budget, check_space, grid_size
 
 if TYPE_CHECKING:
     from hpsearch.search.experiment.schema import Experiment
@@ -18,17 +20,64 @@ if TYPE_CHECKING:
 def check_experiment(
     exp: Experiment, *, address: str | None = None, verb: str = "run"
 ) -> list[str]:
-    """Raise ExperimentError for a storage or space that cannot run, or for pretrained weights
-    that are not on this machine; return the reasons of the architecture combinations that are
-    infeasible (those trials end at once). Also raises for a `tracking:` library that is not
-    installed, and, without a cluster `address` to join, for GPUs that CUDA cannot use here
-    (`verb` says which command's fix the message names)."""
+    """Raise ExperimentError for a storage or space that cannot run, for a search.budget that
+    no configuration of the space fits, or for pretrained weights that are not on this
+    machine; return the reasons of the architecture combinations that are infeasible (those
+    trials end at once). Warns when only a small part of the space fits the budget. Also
+    raises for a `tracking:` library that is not installed, and, without a cluster `address`
+    to join, for GPUs that CUDA cannot use here (`verb` says which command's fix the message
+    names)."""
     check_storage(exp.storage)
     check_local_gpu(exp.resources.gpus, address, verb)
     check_weights(exp)
     check_tracking(exp)
     # The class count only sizes the classifier: feasibility depends on the feature maps.
-    return check_space(exp.search.space, image_size=exp.data.image_size, num_classes=2)
+    skipped = check_space(exp.search.space, image_size=exp.data.image_size, num_classes=2)
+    fit = budget_fit(exp)  # raises when nothing fits
+    if fit is not None and fit.fits < SMALL_PART * fit.total:
+        warnings.warn(
+            f"search.budget ({exp.search.budget.describe()}): only {fit.fits} of {fit.total} "
+            "architecture combinations of search.space fit; the others end at once as "
+            "infeasible, so many trials may only teach TPE where the boundary lies. Leave "
+            "the over-budget ones out of search.space to spend the trials on those that fit, "
+            "e.g. " + "; ".join(fit.over[:3]),
+            stacklevel=2,
+        )
+    return skipped
+
+
+# `validate` and `run` warn when fewer than this share of the space's architectures fit the
+# budget.
+SMALL_PART = 0.25
+
+
+def budget_fit(exp: Experiment) -> BudgetFit | None:
+    """How much of the space fits `search.budget` (None without one); ExperimentError when
+    nothing does. Costs are counted for the classes of data.folder (2 without it)."""
+    if exp.search.budget is None:
+        return None
+    return check_budget(
+        exp.search.space,
+        exp.search.budget,
+        image_size=exp.data.image_size,
+        num_classes=class_count(exp) or 2,
+    )
+
+
+def class_count(exp: Experiment) -> int | None:
+    """How many classes data.folder holds after data.merge, counted from its sub-folders
+    without reading an image (the classifier's size, for the budget); None without a folder."""
+    folder = exp.data.folder
+    if not folder or not os.path.isdir(folder):
+        return None
+    try:
+        names = {e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")}
+    except OSError:
+        return None
+    for new, olds in exp.data.merge.items():
+        if names & set(olds):
+            names = (names - set(olds)) | {new}
+    return len(names) or None
 
 
 def grid_coverage(exp: Experiment) -> str | None:
@@ -104,6 +153,15 @@ def format_validation(exp: Experiment, source: str, skipped: list[str]) -> str:
         lines.append(
             f"  tracking: one MLflow run per trial at {exp.tracking.mlflow}, "
             f"experiment {exp.name!r}"
+        )
+    fit = budget_fit(exp)
+    if fit is not None:
+        lines.append(
+            f"  budget: {exp.search.budget.describe()}: {fit.fits} of {fit.total} architecture "
+            "combination(s) fit"
+            + ("" if fit.fits == fit.total else "; the others end at once as infeasible")
+            + f" (cheapest: {fit.cheapest}, {format_count(fit.cost.macs)} MACs, "
+            f"{format_count(fit.cost.params)} parameters)"
         )
     if skipped:
         lines.append(

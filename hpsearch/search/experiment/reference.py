@@ -22,6 +22,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
+from hpsearch.search.experiment.budget import Count
 from hpsearch.search.experiment.dimensions import (
     DIMENSIONS,
     OPTIMIZER,
@@ -172,6 +173,8 @@ _NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", type(
 
 
 def _type(annotation: Any, path: str) -> str:
+    if annotation == Count:
+        return "count (a number or a string such as `300M`)"
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Literal:
         return "one of " + ", ".join(f"`{a}`" for a in args)

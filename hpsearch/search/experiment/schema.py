@@ -27,6 +27,7 @@ from pydantic import (
 
 from hpsearch.rundir import EXPERIMENT_FILE, METRICS, NAME_PATTERN, metric_mode
 from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.budget import Budget
 from hpsearch.search.experiment.files import packaged_names_hint
 from hpsearch.search.experiment.space import grid_size, varying_architecture_dims
 from hpsearch.search.experiment.space_model import SearchSpace
@@ -121,6 +122,11 @@ class SearchSection(_Strict):
         None, description="max or min (default: min for losses, else max)"
     )
     seed: int = Field(0, description="seed of the sampler")
+    budget: Budget | None = Field(
+        None,
+        description="the most one configuration may cost (MACs per image, parameters): one "
+        "over it ends at once as infeasible, nothing trained (default: no limit)",
+    )
     space: SearchSpace = Field(
         default_factory=SearchSpace,
         description="what the sampler may change; a dimension left out keeps the preset's value",

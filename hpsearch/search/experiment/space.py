@@ -1,5 +1,6 @@
 """The search space of an experiment, read off the dimension table: Optuna's define-by-run
-function, the grid, the feasibility check, and the way back from a trial's config to a model.
+function, the grid, the feasibility check, what of it fits `search.budget`, and the way back
+from a trial's config to a model.
 
 A trial's config is flat plain data (Ray stores it as JSON): one key per dimension
 (`Dimension.key`: `arch`, `width`, `strides`, `kernels`, `mlp` ("4-1-1", "" for no hidden
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpsearch import models
-from hpsearch.models import InfeasibleArchitecture, ModelConfig
+from hpsearch.models import Cost, InfeasibleArchitecture, ModelConfig
 from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.budget import Budget, OverBudget, format_count
 from hpsearch.search.experiment.dimensions import (
     DIMENSIONS,
     OPTIMIZER,
@@ -187,23 +190,29 @@ def fixed_architecture(space: SearchSpace) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k in keep}
 
 
-def model_config(config: dict[str, Any], *, image_size: int, num_classes: int) -> ModelConfig:
+def model_config(
+    config: dict[str, Any], *, image_size: int, num_classes: int, budget: Budget | None = None
+) -> ModelConfig:
     """The model config (a preset's ConvNetConfig or a backbone's BackboneConfig: `models`
     chooses) a trial config describes. Raises InfeasibleArchitecture when the feature map would
-    vanish, ValueError for values the model rejects."""
+    vanish, OverBudget when its cost exceeds `budget` (counted, nothing is built), ValueError
+    for values the model rejects."""
     fields: dict[str, Any] = {}
     for dim in SPACE_DIMENSIONS:
         if dim.model_field and config.get(dim.key) is not None:
             fields[dim.model_field] = dim.from_config(config[dim.key])
     for key in ("pretrained", "freeze"):  # a backbone's own
         fields[key] = config.get(key)
-    return models.make_config(
+    cfg = models.make_config(
         config.get("arch", DIMENSIONS["arch"].default),
         image_size=image_size,
         num_classes=num_classes,
         width=float(config.get("width", DIMENSIONS["width"].default)),
         **fields,
     )
+    if budget is not None:
+        budget.check(models.cost(cfg))
+    return cfg
 
 
 def check_space(space: SearchSpace, *, image_size: int, num_classes: int) -> list[str]:
@@ -233,8 +242,88 @@ def check_space(space: SearchSpace, *, image_size: int, num_classes: int) -> lis
     return reasons
 
 
+@dataclass(frozen=True)
+class BudgetFit:
+    """How much of a space fits `search.budget`: of its `total` feasible architecture
+    combinations (as `check_budget` enumerates them), `fits` are within it; `over` are the
+    others' reasons; `cheapest` is the one closest to fitting, with its `cost`."""
+
+    fits: int
+    total: int
+    cheapest: str
+    cost: Cost
+    over: tuple[str, ...]
+
+
+def _cost_options(space: SearchSpace) -> list[tuple[str, list[Any]]]:
+    """(config key, values) of every dimension that changes a model's cost: the feasibility
+    ones, batch norm and the MLP's depth, each depth with every hidden layer at the narrowest
+    width the space has (a wider layer only costs more). A range is taken at its ends."""
+    options = []
+    for dim, domain in _sampled(space):
+        if not dim.shapes_weights or dim.width_of:  # (the feasibility ones shape them too)
+            continue
+        values = list(domain.values() or domain.ends())
+        if dim.widths:
+            width = getattr(space, dim.widths)
+            narrowest = min(width.values() or width.ends()) if width is not None else 1
+            options.append((dim.key, [encode_layers([int(narrowest)] * d) for d in values]))
+        else:
+            options.append((dim.key, [dim.kind.categorical(v) for v in values]))
+    return options
+
+
+def check_budget(
+    space: SearchSpace, budget: Budget, *, image_size: int, num_classes: int
+) -> BudgetFit:
+    """Count the architecture combinations of `space` that fit `budget` (`models.cost`, by
+    arithmetic for presets). Raise ExperimentError, naming the cheapest combination, its cost
+    and what to change, when none does."""
+    options = _cost_options(space)
+    keys = [key for key, _ in options]
+    fits, total, over = 0, 0, []
+    closest: tuple[float, str, Cost] | None = None
+    for combo in itertools.product(*(values for _, values in options)):
+        config = dict(zip(keys, combo, strict=True))
+        try:
+            cfg = model_config(config, image_size=image_size, num_classes=num_classes)
+        except InfeasibleArchitecture:
+            continue  # check_space lists those
+        except ValueError as e:
+            raise ExperimentError(f"search.space: {_describe(config)}: {e}") from None
+        cost = models.cost(cfg)
+        total += 1
+        excess = budget.excess(cost)
+        if closest is None or excess < closest[0]:
+            closest = (excess, _describe(config) or "the preset", cost)
+        try:
+            budget.check(cost)
+            fits += 1
+        except OverBudget as e:
+            over.append(f"{_describe(config) or 'the preset'}: {e}")
+    if closest is None:  # nothing feasible: check_space says so
+        raise ExperimentError("search.space: no architecture it can produce is feasible")
+    _, cheapest, cost = closest
+    if not fits:
+        raise ExperimentError(
+            f"search.budget: no configuration of search.space fits {budget.describe()} (costs "
+            f"for {num_classes} classes at data.image_size={image_size}): the cheapest, "
+            f"{cheapest}, costs {format_count(cost.macs)} MACs per image and "
+            f"{format_count(cost.params)} parameters. Raise "
+            + " and ".join(
+                f"search.budget.{k} to at least {format_count(getattr(cost, k), up=True)}"
+                for k, v in budget.limits().items()
+                if getattr(cost, k) > v
+            )
+            + ", or add cheaper configurations to search.space: a smaller width, fewer or "
+            "narrower MLP layers, larger strides, other presets (`hpsearch models` lists each "
+            "one's cost), or a smaller data.image_size"
+        )
+    return BudgetFit(fits=fits, total=total, cheapest=cheapest, cost=cost, over=tuple(over))
+
+
 def _describe(config: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in config.items())
+    return ", ".join(f"{k}={'none' if v == '' else v}" for k, v in config.items())
 
 
 def config_label(config: dict[str, Any]) -> str:

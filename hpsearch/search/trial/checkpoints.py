@@ -110,6 +110,12 @@ def _candidates(fs, folder: str) -> list[str]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
+def local_checkpoints(trial_dir: str | os.PathLike[str]) -> list[Path]:
+    """The checkpoint folders of a trial folder on this machine, newest epoch first (those whose
+    reports load; `hpsearch export` reads the newest one's STATE_FILE)."""
+    return [Path(p) for p in _candidates(pafs.LocalFileSystem(), os.path.abspath(trial_dir))]
+
+
 def restore(device: str) -> Restored | None:
     """The state this trial continues from, or None to start from scratch: the newest checkpoint
     in its folder that loads (Tune's own when that is the newest)."""

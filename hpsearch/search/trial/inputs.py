@@ -15,6 +15,7 @@ from hpsearch.data_pipeline import DatasetError, prepare
 from hpsearch.data_pipeline.edits import EditsError
 from hpsearch.data_pipeline.prepare import format_edits
 from hpsearch.search.errors import ExperimentError
+from hpsearch.search.experiment.budget import Budget
 from hpsearch.search.trial.images import ImageSource, start_image_server
 
 if TYPE_CHECKING:
@@ -77,6 +78,9 @@ class TrialSettings:
     cpus: float
     gpus: float
     data_on_device: str | float = "auto"  # train.data_on_device
+    # search.budget: a trial over it ends at once as infeasible. k-fold drops it (it re-trains
+    # configs the search found within budget, or that the user named).
+    budget: Budget | None = None
 
     @classmethod
     def from_experiment(cls, exp: Experiment, **changes: Any) -> TrialSettings:
@@ -93,6 +97,7 @@ class TrialSettings:
             cpus=exp.resources.cpus,
             gpus=exp.resources.gpus,
             data_on_device=exp.train.data_on_device,
+            budget=exp.search.budget,
         )
         return dataclasses.replace(settings, **changes)
 

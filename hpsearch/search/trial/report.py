@@ -16,7 +16,9 @@ from typing import Any
 from hpsearch.rundir import ERROR_FILE, TRIAL_PREFIX
 
 RUNNING = "running"
-INFEASIBLE = "infeasible"  # the architecture cannot be built at this image size; no training
+# The architecture cannot be built at this image size, or costs more than search.budget
+# allows; no model is built, nothing trained.
+INFEASIBLE = "infeasible"
 DIVERGED = "diverged"  # a non-finite loss ended training
 OOM = "oom"  # CUDA ran out of memory within the trial's share of the GPU; not retried
 COMPLETED = "completed"  # trained the experiment's epochs

@@ -5,8 +5,10 @@ Every epoch reports `train_loss`, `train_accuracy`, `train_macro_precision`, `va
 `val_accuracy`, `val_macro_precision` (as torchmetrics defines them, from a confusion matrix
 accumulated on the device), `seconds`, `images_per_s`, the per-step training losses
 (`step_loss`) and the validation confusion matrix (`confusion`). `status` is `running`, or
-`infeasible` / `diverged` / `oom` on the trial's last report. Every report also carries
-the trial's facts: model shape, `precision`, `channels_last`, `device` and `data_placement`.
+`infeasible` / `diverged` / `oom` on the trial's last report (`infeasible`: the architecture
+does not fit the image size, or its cost exceeds `search.budget`; no model is built). Every
+report also carries the trial's facts: model shape, `precision`, `channels_last`, `device` and
+`data_placement`.
 
 Trials packed on one GPU share it: a trial keeps its images resident on the device only within
 its share of the device's memory (`placement`), else streams them from the node's one host copy.
@@ -31,6 +33,7 @@ from ray import tune
 from hpsearch import models
 from hpsearch.models import InfeasibleArchitecture
 from hpsearch.rundir import PREDICTIONS_NPZ
+from hpsearch.search.experiment.budget import OverBudget
 from hpsearch.search.experiment.dimensions import encode_layers
 from hpsearch.search.experiment.space import model_config
 from hpsearch.search.trial.checkpoints import report_with_checkpoint, restore, write_trial_file
@@ -437,9 +440,18 @@ def _run_trial(config: dict[str, Any], *, data: TrialData, settings: TrialSettin
 
     metric, mode = settings.metric, settings.mode
     try:
-        cfg = model_config(config, image_size=settings.image_size, num_classes=data.num_classes)
-    except InfeasibleArchitecture as e:
-        tune.report({metric: worst_value(mode), "status": INFEASIBLE, "reason": str(e), "epoch": 0})
+        cfg = model_config(
+            config,
+            image_size=settings.image_size,
+            num_classes=data.num_classes,
+            budget=settings.budget,  # counted by arithmetic: nothing is built over budget
+        )
+    except (InfeasibleArchitecture, OverBudget) as e:
+        # Ended before any training, with the worst score: TPE learns the region's boundary.
+        result = {metric: worst_value(mode), "status": INFEASIBLE, "reason": str(e), "epoch": 0}
+        if isinstance(e, OverBudget):  # its cost, for trials.parquet and Optuna's attributes
+            result.update(params=e.params, macs=e.macs)
+        tune.report(result)
         return
     train_idx, val_idx = data.split(config.get("fold"))
     progress = {"epoch": 0, "placement": None}
