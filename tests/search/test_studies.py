@@ -186,13 +186,11 @@ def test_kfold_after_a_search_and_resumable(
     # each image's out-of-sample probabilities: train + validation from the model that held its
     # fold out, once per config; the test part from every fold's model
     preds = pd.read_parquet(run_dir / "predictions.parquet")
-    manifest = next(
-        m
-        for m in map(
-            pd.read_parquet, cache_root.glob(f"{small_folder.name}-16px-*/manifest.parquet")
-        )
-        if set(preds["path"]) <= set(m["path"])
-    )
+    from hpsearch.search.experiment.schema import load_run_experiment
+    from hpsearch.search.trial.inputs import load_cache_and_data
+
+    cache, _ = load_cache_and_data(load_run_experiment(run_dir), folds=3, progress=False)
+    manifest = pd.read_parquet(cache.path / "manifest.parquet")
     manifest = manifest[manifest["row"] >= 0]
     parts = manifest.set_index("path")["split"].map({"train": "train", "val": "validation"})
     for _, own in preds.groupby("config_id"):
