@@ -76,7 +76,7 @@ def test_the_audit_finds_planted_flips_and_copies_and_its_files_clean_the_data(
     ]  # fmt: skip
     assert main(["run", "demo", "--name", "planted", *common]) == 0
     run_dir = tmp_path / "planted"
-    assert main(["kfold", str(run_dir), "--k", "5", "--top", "1", "--epochs", "8"]) == 0
+    assert main(["kfold", str(run_dir), "--k", "3", "--top", "1", "--epochs", "8"]) == 0
     capsys.readouterr()
     assert main(["audit", str(run_dir)]) == 0
     out = capsys.readouterr().out
