@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 LABEL, DUPLICATE, LEAK, CONFLICT, LOOKALIKE = "label", "duplicate", "leak", "conflict", "lookalike"
 ISSUES = (LABEL, CONFLICT, LEAK, DUPLICATE, LOOKALIKE)  # the table's order
-PARTS = ("train", "validation", "test")
 _PREDICTION_COLUMNS = ["config_id", "fold", "path", "part", "label", "class_name", "probs"]
 _FLOAT_TOLERANCE = 1e-6  # cleanlab's FLOATING_POINT_COMPARISON
 

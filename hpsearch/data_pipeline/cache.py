@@ -477,6 +477,16 @@ def cache_paths(cache: Cache) -> np.ndarray:
     return manifest[manifest["row"] >= 0].sort_values("row")["path"].to_numpy(dtype=object)
 
 
+# The cache's part names -> the tables' (predictions.parquet, audit.parquet).
+PART_NAMES = {"train": "train", "val": "validation", "test": "test"}
+
+
+def part_names(cache: Cache) -> np.ndarray:
+    """The part of each row of `cache.images` as the tables name it: "train", "validation",
+    "test", or "" for an image in no part (one `--exclude` left out), object [N]."""
+    return np.array([PART_NAMES.get(p, "") for p in cache.split], dtype=object)
+
+
 def load_cache(path: str | os.PathLike, *, mmap: bool = True) -> Cache:
     """Load a cache written by `prepare`; images are memory-mapped unless `mmap=False`."""
     path = Path(path).expanduser()

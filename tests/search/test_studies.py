@@ -276,6 +276,16 @@ def test_kfold_input_errors(tmp_path, capsys):
         ), verb
     assert main(["kfold", str(tmp_path), "--k", "1"]) == 2
     assert "at least 2 folds" in capsys.readouterr().err
+    # the audit before kfold (or after a kfold that kept no predictions) says what to run
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "experiment.yaml").write_text("name: run\ndata:\n  val_fraction: 0.1\n")
+    assert main(["audit", str(run)]) == 2
+    assert f"run `hpsearch kfold {run}` first" in capsys.readouterr().err
+    (run / "kfold").mkdir()
+    (run / "kfold" / "kfold.json").write_text("{}")
+    assert main(["audit", str(run)]) == 2
+    assert "no out-of-sample predictions" in (err := capsys.readouterr().err) and "delete" in err
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from hpsearch.analysis.audit import (
     lookalike_findings,
     out_of_sample,
 )
-from hpsearch.data_pipeline.cache import cache_paths
+from hpsearch.data_pipeline.cache import cache_paths, part_names
 from hpsearch.data_pipeline.duplicates import find_duplicates
 from hpsearch.rundir import (
     AUDIT_DIR,
@@ -52,7 +52,6 @@ from hpsearch.search.experiment.schema import load_run_experiment
 from hpsearch.search.storage.run_store import RunStore
 from hpsearch.search.trial.inputs import load_cache_and_data
 
-PARTS = {"train": "train", "val": "validation", "test": "test"}  # the cache's -> the table's
 THUMBNAIL_SIDE = 96  # at most: larger images are shown subsampled
 SHOWN = {LABEL: 24, CONFLICT: 12, LEAK: 12, DUPLICATE: 12}  # thumbnails kept per issue
 
@@ -71,7 +70,8 @@ class AuditResult:
 
 def _predictions(run_dir: Path) -> pd.DataFrame:
     path = run_dir / PREDICTIONS_FILE
-    if not path.exists() or pd.read_parquet(path, columns=["path"]).empty:
+    predictions = pd.read_parquet(path) if path.exists() else None
+    if predictions is None or predictions.empty:
         if (run_dir / KFOLD_DIR / KFOLD_SPEC).exists():
             raise ExperimentError(
                 f"{run_dir} has k-fold results but no out-of-sample predictions "
@@ -84,7 +84,7 @@ def _predictions(run_dir: Path) -> pd.DataFrame:
             f"the k-fold models' predictions; run `hpsearch kfold {run_dir}` first "
             "(e.g. --k 5 --top 1)"
         )
-    return pd.read_parquet(path)
+    return predictions
 
 
 def _audited_config(run_dir: Path, predictions: pd.DataFrame, config_id: str | None) -> str:
@@ -143,12 +143,15 @@ def _suggestions(audit: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return exclude, relabel
 
 
-def _commands(run_dir: Path, exp, exclude: Path, relabel: Path, audit: pd.DataFrame) -> list[str]:
+def _commands(
+    run_dir: Path, exp, files: dict[str, tuple[Path, pd.DataFrame]], audit: pd.DataFrame
+) -> list[str]:
+    """The `prepare` and `run` commands that act on the suggestion files (`files`: option ->
+    (file, its rows)); a file without rows is left out."""
     edits = []
-    if pd.read_csv(exclude).shape[0]:
-        edits += ["--exclude", str(exclude)]
-    if pd.read_csv(relabel).shape[0]:
-        edits += ["--relabel", str(relabel)]
+    for option, (file, rows) in files.items():
+        if len(rows):
+            edits += [f"--{option}", str(file)]
     merges = []
     for r in audit[audit["issue"] == LOOKALIKE].itertuples(index=False):
         merges += ["--merge", str(getattr(r, "merge", None) or f"{r.given}={r.suggested}")]
@@ -198,7 +201,7 @@ def run_audit(
 
     started = time.perf_counter()
     paths = cache_paths(cache)
-    parts = np.array([PARTS.get(p, "") for p in cache.split], dtype=object)
+    parts = part_names(cache)
     in_parts = np.flatnonzero(parts != "")  # not the files a run was told to exclude
     confidence = pd.Series(
         probs[np.arange(len(images)), images["label"].to_numpy()], index=images["path"]
@@ -244,6 +247,11 @@ def run_audit(
         images=len(images),
         exclude=exclude_file,
         relabel=relabel_file,
-        commands=_commands(run_dir, exp, exclude_file, relabel_file, audit),
+        commands=_commands(
+            run_dir,
+            exp,
+            {"exclude": (exclude_file, exclude), "relabel": (relabel_file, relabel)},
+            audit,
+        ),
         seconds=seconds,
     )

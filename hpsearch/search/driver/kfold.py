@@ -20,7 +20,7 @@ import pandas as pd
 from ray import tune
 
 from hpsearch.analysis.stats import compare_configs, config_costs
-from hpsearch.data_pipeline.cache import cache_paths
+from hpsearch.data_pipeline.cache import cache_paths, part_names
 from hpsearch.rundir import (
     COMPARISON_FILE,
     EPOCHS_FILE,
@@ -137,15 +137,12 @@ def collect_folds(
     return df.sort_values(["config_id", "fold", "split"], ignore_index=True)
 
 
-PARTS = {"train": "train", "val": "validation", "test": "test"}  # the cache's -> the tables'
-
-
 def collect_predictions(kfold_dir: Path, folds: pd.DataFrame, cache) -> pd.DataFrame:
     """The predictions table: the out-of-sample class probabilities that each finished fold
     trial (those in `folds`) kept of its held-out fold and of the test part, one row per image
     and trial, named by the cache's manifest."""
     paths = cache_paths(cache)
-    parts = np.array([PARTS.get(p, p) for p in cache.split], dtype=object)
+    parts = part_names(cache)
     frames = []
     trials = folds.drop_duplicates("trial_id")
     for trial_id, config_id, fold in trials[["trial_id", "config_id", "fold"]].itertuples(
